@@ -1,0 +1,32 @@
+"""napari-sam-labeler: Segment Anything for napari and for scripts.
+
+Heavy modules (torch) are imported on first use, so that importing the package, as
+napari does when it reads the plugin manifest, stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SamPredictor": "napari_sam.predictor",
+    "ImageEmbedding": "napari_sam.predictor",
+    "Sam": "napari_sam.model",
+    "SamConfig": "napari_sam.model",
+    "build_sam": "napari_sam.model",
+}
+
+__all__ = ["ImageEmbedding", "Sam", "SamConfig", "SamPredictor", "__version__", "build_sam"]
+
+if TYPE_CHECKING:
+    from .model import Sam, SamConfig, build_sam
+    from .predictor import ImageEmbedding, SamPredictor
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")

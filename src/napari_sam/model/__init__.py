@@ -1,0 +1,6 @@
+"""Segment Anything in pure PyTorch, with the parameter layout of Meta's checkpoints."""
+
+from .configs import CONFIGS, SamConfig, get_config
+from .sam import Sam, build_sam
+
+__all__ = ["CONFIGS", "Sam", "SamConfig", "build_sam", "get_config"]

@@ -1,0 +1,133 @@
+"""`Sam`: the three networks together, plus the input normalisation they were trained with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import SamConfig, get_config
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .transformer import TwoWayTransformer
+
+
+class Sam(nn.Module):
+    """Segment Anything. Its state_dict has the layout of Meta's checkpoints, so
+    `load_state_dict(official, strict=True)` works unchanged."""
+
+    mask_threshold: float = 0.0
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+        config: SamConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.config = config
+        # Not part of the checkpoints: persistent=False keeps the state_dict official.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) RGB in 0..255 with max(h, w) <= img_size -> normalised and
+        zero-padded at the bottom and right to (B, 3, img_size, img_size)."""
+        normed = (image.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        height, width = normed.shape[-2:]
+        return F.pad(normed, (0, self.img_size - width, 0, self.img_size - height))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Preprocess and embed, in the image encoder's own dtype; returns float32."""
+        dtype = self.image_encoder.patch_embed.proj.weight.dtype
+        return self.image_encoder(self.preprocess(image).to(dtype)).float()
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the model's input frame -> (low-res logits (B, M, 256, 256), IoU (B, M))."""
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return self.mask_decoder(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+        )
+
+    def postprocess_masks(
+        self,
+        masks: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Low-res logits -> logits at the original image size: upscale to the padded
+        input, drop the padding, then resize to the original (skipped when equal)."""
+        masks = F.interpolate(
+            masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
+        )
+        masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(input_size) != tuple(original_size):
+            masks = F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        return masks
+
+
+def build_sam(config: SamConfig | str = "vit_b") -> Sam:
+    """A randomly initialised `Sam` of the given config (a `SamConfig` or an official name)."""
+    config = get_config(config)
+    grid = config.embedding_size
+    dim = config.prompt_embed_dim
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=dim,
+            window_size=config.window_size,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=dim,
+                num_heads=config.decoder_num_heads,
+                mlp_dim=config.decoder_mlp_dim,
+            ),
+            num_multimask_outputs=config.num_multimask_outputs,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+        pixel_mean=config.pixel_mean,
+        pixel_std=config.pixel_std,
+        config=config,
+    )

@@ -1,0 +1,221 @@
+"""`SamPredictor`: embed one 2D image once, then turn prompts into masks in milliseconds.
+
+Coordinates follow numpy and napari: a point is (row, col) in pixels of the image given
+to `set_image`, integer values naming pixel centres; a box is (min_row, min_col,
+max_row, max_col). Points outside the image are passed to the model as they are (it
+encodes any position; such points simply carry little meaning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .image import resize_longest_side, resized_shape, to_uint8_rgb
+from .model import Sam
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The image encoder's output for one 2D image, with the sizes it belongs to."""
+
+    features: torch.Tensor  # (1, C, h, w), float32, on the model's device
+    original_size: tuple[int, int]  # (H, W) of the image given to set_image
+    input_size: tuple[int, int]  # (h, w) after resizing, before padding
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+class Prediction(NamedTuple):
+    """What `SamPredictor.predict` returns; unpacks as (masks, scores, low_res_logits)."""
+
+    masks: np.ndarray  # (M, H, W) bool
+    scores: np.ndarray  # (M,) predicted IoU
+    low_res_logits: np.ndarray  # (M, 256, 256) float32, feed one back as mask_input
+
+
+class SamPredictor:
+    """Segment one image with SAM from point, box and mask prompts.
+
+    >>> predictor = SamPredictor(model)
+    >>> predictor.set_image(image)                   # runs the image encoder once
+    >>> masks, scores, logits = predictor.predict(points=[[120, 80]])
+    """
+
+    def __init__(self, model: Sam) -> None:
+        self.model = model.eval()
+        self._embedding: ImageEmbedding | None = None
+
+    # -- image ---------------------------------------------------------------------
+    def set_image(self, image: np.ndarray) -> None:
+        """Embed an (H, W), (H, W, 3) or (H, W, 4) image of any dtype.
+
+        Non-uint8 data is scaled to uint8 by robust percentiles (see `napari_sam.image`),
+        then the longest side is resized to the model's input size and padded.
+        """
+        self._embedding = None
+        rgb = to_uint8_rgb(image)
+        resized = resize_longest_side(rgb, self.model.img_size)
+        pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].to(self.model.device)
+        with torch.inference_mode():
+            features = self.model.encode_image(pixels)
+        self._embedding = ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
+
+    @property
+    def image_embedding(self) -> ImageEmbedding | None:
+        """The current embedding (None before `set_image`); can be set to a cached one."""
+        return self._embedding
+
+    @image_embedding.setter
+    def image_embedding(self, embedding: ImageEmbedding | None) -> None:
+        if embedding is not None:
+            expected = resized_shape(*embedding.original_size, self.model.img_size)
+            grid = self.model.prompt_encoder.image_embedding_size
+            if tuple(embedding.input_size) != expected or embedding.features.shape[-2:] != grid:
+                raise ValueError(
+                    "This embedding was computed by a model of another input size; "
+                    "call set_image(image) with this predictor's model instead."
+                )
+            embedding = ImageEmbedding(
+                embedding.features.to(self.model.device),
+                tuple(embedding.original_size),
+                tuple(embedding.input_size),
+            )
+        self._embedding = embedding
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    # -- prompts -------------------------------------------------------------------
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
+        """Masks for one object described by the given prompts.
+
+        points: (N, 2) (row, col); labels: (N,) 1 = foreground, 0 = background
+        (default: all foreground); box: (min_row, min_col, max_row, max_col), corners in
+        any order; mask_input: (256, 256) or (1, 256, 256) low-res logits from an
+        earlier call. multimask=None returns the 3 ambiguity masks for a single point
+        and the one unambiguous mask for anything more; True/False force either.
+
+        Returns (masks (M, H, W) bool, scores (M,) predicted IoU, low_res_logits (M, 256, 256)).
+        """
+        embedding = self._require_embedding()
+        point_xy, point_labels = self._points_to_model(points, labels, embedding)
+        box_xy = self._box_to_model(box, embedding)
+        mask = self._mask_to_model(mask_input)
+        if point_xy is None and box_xy is None and mask is None:
+            raise ValueError("Give at least one prompt: points, a box or a mask_input.")
+        if multimask is None:
+            multimask = box_xy is None and mask is None and len(point_xy) == 1
+
+        device = self.model.device
+        with torch.inference_mode():
+            prompt_points = None
+            if point_xy is not None:
+                prompt_points = (
+                    torch.as_tensor(point_xy, dtype=torch.float32, device=device)[None],
+                    torch.as_tensor(point_labels, dtype=torch.int64, device=device)[None],
+                )
+            boxes = None if box_xy is None else torch.as_tensor(box_xy, device=device)[None]
+            mask_t = None if mask is None else torch.as_tensor(mask, device=device)[None, None]
+            low_res, iou = self.model.decode(
+                embedding.features, prompt_points, boxes, mask_t, bool(multimask)
+            )
+            logits = self.model.postprocess_masks(
+                low_res, embedding.input_size, embedding.original_size
+            )
+            masks = logits[0] > self.model.mask_threshold
+            return Prediction(
+                masks.cpu().numpy(),
+                iou[0].float().cpu().numpy(),
+                low_res[0].float().cpu().numpy(),
+            )
+
+    # -- conversion of prompts to the model's (x, y) input frame, done here only ----
+    def _require_embedding(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError("No image is set: call set_image(image) before predict().")
+        return self._embedding
+
+    def _scale_xy(self, rows_cols: np.ndarray, embedding: ImageEmbedding) -> np.ndarray:
+        (height, width), (in_h, in_w) = embedding.original_size, embedding.input_size
+        factors = np.array([in_w / width, in_h / height], dtype=np.float64)
+        return (rows_cols[..., ::-1] * factors).astype(np.float32)
+
+    def _points_to_model(
+        self, points, labels, embedding: ImageEmbedding
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if points is None:
+            if labels is not None:
+                raise ValueError("labels were given without points.")
+            return None, None
+        coords = _finite_array(points, "points")
+        if coords.ndim == 1 and coords.shape == (2,):
+            coords = coords[None]
+        if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) == 0:
+            raise ValueError(f"points must have shape (N, 2) as (row, col); got {coords.shape}.")
+        if labels is None:
+            labels = np.ones(len(coords), dtype=np.int64)
+        labels = np.atleast_1d(np.asarray(labels))
+        if labels.shape != (len(coords),):
+            raise ValueError(
+                f"Got {len(coords)} points but labels of shape {labels.shape}: "
+                "give one label per point."
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(
+                f"Point labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}."
+            )
+        return self._scale_xy(coords, embedding), labels.astype(np.int64)
+
+    def _box_to_model(self, box, embedding: ImageEmbedding) -> np.ndarray | None:
+        if box is None:
+            return None
+        corners = _finite_array(box, "box").reshape(-1)
+        if corners.shape != (4,):
+            raise ValueError(
+                f"box must be (min_row, min_col, max_row, max_col); got {np.shape(box)}."
+            )
+        corners = corners.reshape(2, 2)
+        ordered = np.stack([corners.min(axis=0), corners.max(axis=0)])
+        return self._scale_xy(ordered, embedding).reshape(4)
+
+    def _mask_to_model(self, mask_input) -> np.ndarray | None:
+        if mask_input is None:
+            return None
+        expected = self.model.prompt_encoder.mask_input_size
+        mask = _finite_array(mask_input, "mask_input").astype(np.float32)
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if mask.shape != expected:
+            raise ValueError(
+                f"mask_input must be one low-res logit map of shape {expected} (or "
+                f"(1, *{expected})), such as low_res_logits[i] of an earlier predict(); "
+                f"got {np.shape(mask_input)}."
+            )
+        return mask
+
+
+def _finite_array(values, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric; got {values!r}.") from None
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return array

@@ -1,0 +1,18 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# tests/reference.py holds helpers shared with benchmarks/.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from napari_sam.model import build_sam
+from reference import TINY, randomize_
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small randomly initialised SAM (256 px input, 4 blocks), for fast tests."""
+    torch.manual_seed(0)
+    return randomize_(build_sam(TINY).eval(), seed=1)
