@@ -17,13 +17,25 @@ _LAZY = {
     "Sam": "napari_sam.model",
     "SamConfig": "napari_sam.model",
     "build_sam": "napari_sam.model",
+    "load_model": "napari_sam.zoo",
+    "available_devices": "napari_sam.zoo",
 }
 
-__all__ = ["ImageEmbedding", "Sam", "SamConfig", "SamPredictor", "__version__", "build_sam"]
+__all__ = [
+    "ImageEmbedding",
+    "Sam",
+    "SamConfig",
+    "SamPredictor",
+    "__version__",
+    "available_devices",
+    "build_sam",
+    "load_model",
+]
 
 if TYPE_CHECKING:
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor
+    from .zoo import available_devices, load_model
 
 
 def __getattr__(name: str):

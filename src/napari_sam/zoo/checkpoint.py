@@ -1,0 +1,331 @@
+"""Reading checkpoint files safely, finding the SAM weights in them, and inferring the
+architecture from their shapes.
+
+Nothing a checkpoint contains may run code: files are read with
+`torch.load(weights_only=True)`, and the files it refuses (training checkpoints that
+pickle other objects) with an unpickler that returns an inert `RefusedGlobal` for every
+class or function it is asked for, except the few torch needs to rebuild tensors.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pickle
+import re
+import types
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model import CONFIGS, Sam, SamConfig, build_sam
+
+SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+_TRAINING_KEY = "model_state"  # micro-sam's training checkpoints
+_TRAINING_PREFIX = "sam."
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable SAM checkpoint; the message names the file and why."""
+
+
+# -- safe loading ----------------------------------------------------------------------
+class RefusedGlobal:
+    """Stands in for a class or function named in a checkpoint that the loader refused to
+    import. Calling it, or restoring state into it, does nothing."""
+
+    target = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<refused {self.target}>"
+
+
+def _tensor_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a checkpoint may name: tensor rebuilding and plain containers.
+    (torch resolves "...Storage" names itself before asking the unpickler.)"""
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("torch", "Size"): torch.Size,
+    }
+    # Protocol 2, which torch.save uses, names the builtins module as Python 2 did.
+    allowed["__builtin__", "set"] = set
+    allowed["__builtin__", "frozenset"] = frozenset
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"):
+        if hasattr(torch._utils, name):
+            allowed["torch._utils", name] = getattr(torch._utils, name)
+    allowed["torch._utils", "_rebuild_parameter"] = torch._utils._rebuild_parameter
+    return allowed
+
+
+_ALLOWED = _tensor_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
+        # dtypes are pickled as globals of the torch module (torch.float32, ...).
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        # Never import `module`: importing alone can run code.
+        return type(f"Refused_{name}", (RefusedGlobal,), {"target": f"{module}.{name}"})
+
+
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load calls a "pickle module": it subclasses Unpickler and calls load.
+_restricted_pickle = types.SimpleNamespace(
+    __name__="napari_sam_restricted_pickle",
+    Unpickler=_RestrictedUnpickler,
+    load=_restricted_load,
+)
+
+
+def safe_load(path: str | Path) -> Any:
+    """Load a checkpoint file onto the CPU without running any code it contains.
+
+    Tries `torch.load(weights_only=True)`; where that refuses the file, loads it again
+    with a restricted unpickler that turns foreign classes into `RefusedGlobal`.
+    Raises `CheckpointError` naming the file when neither can read it.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Plain pickles (not torch.save's) make it warn before failing; we go on below.
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception:  # refused globals, or unreadable: the restricted load tells which
+        pass
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
+        )
+    except Exception as error:
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path} cannot be read as a PyTorch checkpoint ({size} bytes): "
+            f"{_first_line(error)}. The file may be truncated or not a checkpoint at all; "
+            "delete it and download or copy it again."
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+# -- formats ---------------------------------------------------------------------------
+def extract_state_dict(
+    checkpoint: Any, source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
+    """The SAM weights in a loaded checkpoint, and the config stored with them if any.
+
+    Accepts a plain SAM state_dict (keys `image_encoder.`, `prompt_encoder.`,
+    `mask_decoder.`), and the training form whose `model_state` holds the same keys
+    prefixed `sam.`. Other top-level entries (optimizer state, extra decoders) are ignored.
+    A stored config is a `config` entry holding `SamConfig` fields.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"{source} holds a {type(checkpoint).__name__}, not a state_dict: "
+            "it is not a SAM checkpoint."
+        )
+    weights = checkpoint
+    if isinstance(checkpoint.get(_TRAINING_KEY), Mapping):
+        weights = checkpoint[_TRAINING_KEY]
+        if any(_is_str_prefixed(key, _TRAINING_PREFIX) for key in weights):
+            weights = {
+                key[len(_TRAINING_PREFIX) :]: value
+                for key, value in weights.items()
+                if _is_str_prefixed(key, _TRAINING_PREFIX)
+            }
+    state = {key: value for key, value in weights.items() if _is_str_prefixed(key, SAM_PREFIXES)}
+    if not state:
+        sample = [repr(key) for key in list(weights)[:5]]
+        raise CheckpointError(
+            f"{source} contains no SAM weights: expected keys starting with "
+            f"{', '.join(SAM_PREFIXES)} (or a training checkpoint with '{_TRAINING_KEY}'), "
+            f"found {len(weights)} entries such as {', '.join(sample) or 'none'}."
+        )
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{source}: {len(not_tensors)} weights are not tensors "
+            f"(e.g. {not_tensors[0]!r} is {state[not_tensors[0]]!r})."
+        )
+    config = _stored_config(checkpoint, source)
+    return {key: value.detach() for key, value in state.items()}, config
+
+
+def _is_str_prefixed(key: Any, prefix: str | tuple[str, ...]) -> bool:
+    return isinstance(key, str) and key.startswith(prefix)
+
+
+def _stored_config(checkpoint: Mapping, source: str) -> SamConfig | None:
+    stored = checkpoint.get("config")
+    fields = {field.name for field in dataclasses.fields(SamConfig)}
+    if not isinstance(stored, Mapping) or not stored or not set(stored) <= fields:
+        return None  # absent, or some other tool's notion of a config
+    try:
+        return SamConfig(**stored)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: its stored config is invalid: {error}") from error
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
+    """`safe_load` then `extract_state_dict`: (SAM weights, stored config or None)."""
+    return extract_state_dict(safe_load(path), str(path))
+
+
+# -- config inference ------------------------------------------------------------------
+def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indexes = {int(match.group(1)) for key in state if (match := pattern.match(key))}
+    return max(indexes) + 1 if indexes else 0
+
+
+def infer_config(state: Mapping[str, torch.Tensor], known: Iterable[SamConfig] = ()) -> SamConfig:
+    """The `SamConfig` whose model has the shapes of `state`.
+
+    Widths, depths, patch, input and window sizes and the global-attention blocks are read
+    from shapes. Attention head counts leave no trace in shapes: they are taken from the
+    official configs (and `known` ones) of the same width and depth, and a `CheckpointError`
+    asks for an explicit config when none or several match.
+    """
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointError(
+                f"it is not a SAM ViT checkpoint: it lacks {key!r} "
+                "(other encoders, such as MobileSAM's TinyViT, are not supported)."
+            )
+        return tuple(state[key].shape)
+
+    dim, _, patch, _ = shape("image_encoder.patch_embed.proj.weight")
+    grid = shape("image_encoder.pos_embed")[1]
+    depth = _count(state, "image_encoder.blocks.")
+    global_blocks, windows = [], set()
+    for block in range(depth):
+        rows = shape(f"image_encoder.blocks.{block}.attn.rel_pos_h")[0]
+        if rows == 2 * grid - 1:
+            global_blocks.append(block)
+        else:
+            windows.add((rows + 1) // 2)
+    if len(windows) > 1:
+        raise CheckpointError(f"its windowed blocks use several window sizes {sorted(windows)}.")
+    prompt_dim = shape("prompt_encoder.no_mask_embed.weight")[1]
+    decoder_depth = _count(state, "mask_decoder.transformer.layers.")
+    decoder_mlp = shape("mask_decoder.transformer.layers.0.mlp.lin1.weight")[0]
+    inferred = {
+        "encoder_embed_dim": dim,
+        "encoder_depth": depth,
+        "encoder_global_attn_indexes": tuple(global_blocks),
+        "img_size": grid * patch,
+        "patch_size": patch,
+        "window_size": windows.pop() if windows else SamConfig.window_size,
+        "mlp_ratio": shape("image_encoder.blocks.0.mlp.lin1.weight")[0] / dim,
+        "prompt_embed_dim": prompt_dim,
+        "mask_in_chans": shape("prompt_encoder.mask_downscaling.6.weight")[1],
+        "decoder_depth": decoder_depth,
+        "decoder_mlp_dim": decoder_mlp,
+        "num_multimask_outputs": shape("mask_decoder.mask_tokens.weight")[0] - 1,
+        "iou_head_depth": _count(state, "mask_decoder.iou_prediction_head.layers."),
+        "iou_head_hidden_dim": shape("mask_decoder.iou_prediction_head.layers.0.weight")[0],
+    }
+    candidates = [*CONFIGS.values(), *known]
+    encoder_heads = {
+        c.encoder_num_heads
+        for c in candidates
+        if (c.encoder_embed_dim, c.encoder_depth) == (dim, depth)
+    }
+    decoder_heads = {
+        c.decoder_num_heads
+        for c in candidates
+        if (c.prompt_embed_dim, c.decoder_depth, c.decoder_mlp_dim)
+        == (prompt_dim, decoder_depth, decoder_mlp)
+    }
+    if len(encoder_heads) != 1 or len(decoder_heads) != 1:
+        fields = ", ".join(f"{key}={value!r}" for key, value in inferred.items())
+        raise CheckpointError(
+            f"its architecture (encoder width {dim}, depth {depth}) is not vit_b, vit_l or "
+            "vit_h, and attention head counts cannot be read from tensor shapes. Pass "
+            f"config=SamConfig(encoder_num_heads=..., decoder_num_heads=..., {fields})."
+        )
+    return SamConfig(
+        **inferred,
+        encoder_num_heads=encoder_heads.pop(),
+        decoder_num_heads=decoder_heads.pop(),
+    )
+
+
+# -- building --------------------------------------------------------------------------
+def _check_fits(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} is {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} "
+        "in the model"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{len(items)} {what} (e.g. {items[0]})"
+        for items, what in (
+            (missing, "weights missing"),
+            (unexpected, "unexpected weights"),
+            (reshaped, "weights of another shape"),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit the model it should load into: {'; '.join(problems)}. "
+            "It is a checkpoint of another architecture: pass the model name or config "
+            "that matches it."
+        )
+
+
+def build_model(config: SamConfig, state: Mapping[str, torch.Tensor], source: str) -> Sam:
+    """A `Sam` of `config` holding the weights `state` (checked strictly), on the CPU."""
+    # Built on the meta device, the model costs no random initialisation (seconds for
+    # vit_h) and takes the loaded tensors as they are, without a second copy in memory.
+    with torch.device("meta"):
+        model = build_sam(config)
+    _check_fits(model.state_dict(), state, source)
+    model.load_state_dict(state, strict=True, assign=True)
+    if not _materialise_config_buffers(model, config):
+        model = build_sam(config)  # an unknown non-persistent buffer: build it for real
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+def _materialise_config_buffers(model: torch.nn.Module, config: SamConfig) -> bool:
+    """Fill the non-persistent buffers left on the meta device (they are not in
+    checkpoints) from the config fields of the same name; False if one has none."""
+    for name, buffer in list(model.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        value = getattr(config, leaf, None)
+        if value is None:
+            return False
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, leaf, torch.tensor(value, dtype=buffer.dtype).reshape(buffer.shape))
+    return True

@@ -1,0 +1,204 @@
+"""Downloads from a local HTTP server: progress, cache, verification, network failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pooch
+import pytest
+import torch
+
+from napari_sam.zoo import (
+    CACHE_ENV,
+    ModelDownloadError,
+    cache_dir,
+    cached_path,
+    load_model,
+    register,
+    unregister,
+)
+from zoo_helpers import DROPPED, CheckpointServer, assert_same_weights, entry_for, tiny_state
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own cache folder, never the user's."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A server on 127.0.0.1 serving tmp_path/"served", and the state in its tiny.pt."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    state = tiny_state(seed=3)
+    torch.save(state, folder / "tiny.pt")
+    server = CheckpointServer(folder)
+    yield server, state
+    server.stop()
+
+
+@pytest.fixture
+def registered():
+    """Registers test entries; removes them afterwards."""
+    names = []
+
+    def add(entry):
+        names.append(entry.name)
+        return register(entry)
+
+    yield add
+    for name in names:
+        unregister(name)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((done, total))
+
+
+def _cache_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_first_download_reports_progress_and_gives_the_model(served, registered, cache):
+    server, state = served
+    source = server.folder / "tiny.pt"
+    entry = registered(entry_for("test_tiny", source, server.url("tiny.pt")))
+    progress = Recorder()
+    model = load_model("test_tiny", device="cpu", progress=progress)
+
+    assert not model.training
+    assert_same_weights(model, state)
+    size = source.stat().st_size
+    assert progress.calls[-1] == (size, size)
+    assert all(total == size for _, total in progress.calls)
+    done = [d for d, _ in progress.calls]
+    assert done == sorted(done) and len(done) > 1  # 1 MiB chunks of a 2 MB file
+    # Only the verified file is in the cache: no temporary left behind.
+    assert _cache_files(cache) == [entry.filename]
+    assert cached_path(entry).read_bytes() == source.read_bytes()
+
+
+def test_second_load_comes_from_the_cache_with_the_server_stopped(served, registered):
+    server, state = served
+    registered(entry_for("test_tiny", server.folder / "tiny.pt", server.url("tiny.pt")))
+    load_model("test_tiny", device="cpu", progress=False)
+    server.stop()
+    progress = Recorder()
+    model = load_model("test_tiny", device="cpu", progress=progress)
+    assert_same_weights(model, state)
+    assert progress.calls == []  # nothing was downloaded
+
+
+def test_hash_mismatch_is_refused_and_nothing_cached(served, registered, cache):
+    server, _ = served
+    entry = entry_for(
+        "test_tiny",
+        server.folder / "tiny.pt",
+        server.url("tiny.pt"),
+        known_hash="sha256:" + "0" * 64,
+    )
+    registered(entry)
+    with pytest.raises(ModelDownloadError, match="not the published one") as error:
+        load_model("test_tiny", progress=False)
+    assert server.url("tiny.pt") in str(error.value)
+    assert "0" * 64 in str(error.value)
+    assert _cache_files(cache) == []
+
+
+def _assert_manual_install_hint(message: str, url: str, cache: Path, filename: str) -> None:
+    assert url in message
+    assert str(cache) in message
+    assert str(cache / filename) in message
+
+
+def test_404_names_the_url_and_how_to_install_by_hand(served, registered, cache):
+    server, _ = served
+    entry = entry_for("test_tiny", server.folder / "tiny.pt", server.url("missing.pt"))
+    registered(entry)
+    with pytest.raises(ModelDownloadError, match="HTTP 404") as error:
+        load_model("test_tiny", progress=False)
+    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    assert _cache_files(cache) == []
+
+
+def test_connection_refused_names_url_cache_folder_and_file(served, registered, cache):
+    server, _ = served
+    entry = entry_for("test_tiny", server.folder / "tiny.pt", server.url("tiny.pt"))
+    registered(entry)
+    server.stop()  # the port is now closed: connections are refused
+    with pytest.raises(ModelDownloadError, match="ConnectionError") as error:
+        load_model("test_tiny", progress=False)
+    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    assert _cache_files(cache) == []
+
+
+def test_connection_dropped_halfway_leaves_nothing_in_the_cache(served, registered, cache):
+    server, _ = served
+    entry = entry_for(
+        "test_tiny", server.folder / "tiny.pt", server.url(DROPPED.strip("/") + "/tiny.pt")
+    )
+    registered(entry)
+    with pytest.raises(ModelDownloadError, match="Could not download") as error:
+        load_model("test_tiny", progress=False)
+    assert "Connection broken" in str(error.value)
+    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    assert _cache_files(cache) == []
+
+
+def test_corrupt_cached_file_is_fetched_again(served, registered, cache):
+    server, state = served
+    entry = registered(entry_for("test_tiny", server.folder / "tiny.pt", server.url("tiny.pt")))
+    load_model("test_tiny", progress=False)
+    path = cached_path(entry)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    path.write_bytes(bytes(data))
+
+    progress = Recorder()
+    model = load_model("test_tiny", progress=progress)
+    assert progress.calls  # downloaded again
+    assert_same_weights(model, state)
+    assert path.read_bytes() == (server.folder / "tiny.pt").read_bytes()
+
+
+def test_xxh128_verified_download(served, registered, cache):
+    from zoo_helpers import xxh128
+
+    server, state = served
+    source = server.folder / "tiny.pt"
+    registered(entry_for("test_tiny", source, server.url("tiny.pt"), known_hash=xxh128(source)))
+    assert_same_weights(load_model("test_tiny", progress=False), state)
+
+    registered(
+        entry_for("test_bad", source, server.url("tiny.pt"), known_hash="xxh128:" + "0" * 32)
+    )
+    with pytest.raises(ModelDownloadError, match="XXH128"):
+        load_model("test_bad", progress=False)
+
+
+def test_cache_folder_follows_the_environment_variable(served, registered, tmp_path, monkeypatch):
+    server, _ = served
+    entry = registered(entry_for("test_tiny", server.folder / "tiny.pt", server.url("tiny.pt")))
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv(CACHE_ENV, str(elsewhere))
+    assert cache_dir() == elsewhere
+    load_model("test_tiny", progress=False)
+    assert (elsewhere / entry.filename).is_file()
+
+    monkeypatch.delenv(CACHE_ENV)
+    assert cache_dir() == Path(pooch.os_cache("napari-sam-labeler"))
+
+
+def test_default_progress_is_a_console_bar(served, registered, capsys):
+    server, _ = served
+    registered(entry_for("test_tiny", server.folder / "tiny.pt", server.url("tiny.pt")))
+    load_model("test_tiny")
+    err = capsys.readouterr().err
+    assert "test_tiny" in err and "100%" in err
