@@ -1,0 +1,110 @@
+"""The `napari-sam` command, through its installed entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_sam.zoo import CACHE_ENV, get_entry, register, unregister
+from zoo_helpers import CheckpointServer, entry_for, tiny_state
+
+
+@pytest.fixture
+def main():
+    """The function the `napari-sam` console script calls, found as installers find it."""
+    (script,) = entry_points(group="console_scripts", name="napari-sam")
+    assert script.value == "napari_sam.cli:main"
+    return script.load()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    torch.save(tiny_state(seed=2), folder / "tiny.pt")
+    server = CheckpointServer(folder)
+    register(entry_for("test_cli", folder / "tiny.pt", server.url("tiny.pt")))
+    register(entry_for("test_cli_404", folder / "tiny.pt", server.url("gone.pt")))
+    yield server
+    unregister("test_cli")
+    unregister("test_cli_404")
+    server.stop()
+
+
+def test_models_lists_names_sizes_licences_and_cache_state(main, cache, capsys):
+    cache.mkdir()
+    (cache / get_entry("vit_b").filename).write_bytes(b"placed by hand")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for name in ("vit_b", "vit_l", "vit_h", "vit_b_lm", "vit_l_em_organelles"):
+        assert name in lines
+    assert "375 MB" in lines["vit_b"] and "Apache-2.0" in lines["vit_b"]
+    assert lines["vit_b"].split()[4] == "yes"
+    assert lines["vit_h"].split()[4] == "no"
+    assert "2.6 GB" in lines["vit_h"]
+    assert "MIT" in lines["vit_b_lm"]
+    assert str(cache) in out
+
+
+def test_download(main, server, cache, capsys):
+    assert main(["download", "--quiet", "test_cli"]) == 0
+    path = cache / get_entry("test_cli").filename
+    assert path.read_bytes() == (server.folder / "tiny.pt").read_bytes()
+    assert str(path) in capsys.readouterr().out
+
+
+def test_download_shows_progress_by_default(main, server, capsys):
+    assert main(["download", "test_cli"]) == 0
+    assert "100%" in capsys.readouterr().err
+
+
+def test_download_failures(main, server, cache, capsys):
+    assert main(["download", "test_cli", "no_such_model"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_model" in err and "vit_b" in err
+    assert not cache.exists()  # names are checked before anything is downloaded
+
+    assert main(["download", "-q", "test_cli_404", "test_cli"]) == 1
+    captured = capsys.readouterr()
+    assert "HTTP 404" in captured.err and server.url("gone.pt") in captured.err
+    assert "test_cli:" in captured.out  # the other model was still downloaded
+
+
+def test_info(main, cache, capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__ in out
+    assert "cpu" in out
+    assert str(cache) in out
+
+
+def test_usage_errors(main, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["download"])
+    assert "NAME" in capsys.readouterr().err
+
+
+def test_installed_script_runs(cache):
+    script = Path(sys.executable).parent / "napari-sam"
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    result = subprocess.run(
+        [str(script), "info"], env=env, capture_output=True, text=True, check=True
+    )
+    assert str(cache) in result.stdout
