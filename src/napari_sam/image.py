@@ -90,7 +90,8 @@ def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
 def resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
     """Shape after scaling so that the longest side becomes `longest_side` (rounded)."""
     scale = longest_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # At least one pixel: a 1 x 3000 line must not vanish.
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, longest_side: int) -> np.ndarray:

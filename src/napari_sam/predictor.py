@@ -61,7 +61,7 @@ class SamPredictor:
         self._embedding = None
         rgb = to_uint8_rgb(image)
         resized = resize_longest_side(rgb, self.model.img_size)
-        pixels = torch.from_numpy(resized).permute(2, 0, 1)[None].to(self.model.device)
+        pixels = torch.tensor(resized).permute(2, 0, 1)[None].to(self.model.device)
         with torch.inference_mode():
             features = self.model.encode_image(pixels)
         self._embedding = ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])

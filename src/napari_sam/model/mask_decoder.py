@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -88,11 +89,36 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, image_pe.to(src.dtype), tokens)
         iou_out, mask_out = hs[:, 0], hs[:, 1 : 1 + self.num_mask_tokens]
 
-        _, channels, height, width = dense_prompt_embeddings.shape
-        features = self.output_upscaling(src.transpose(1, 2).reshape(-1, channels, height, width))
+        height, width = dense_prompt_embeddings.shape[-2:]
         classifiers = torch.stack(
             [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = features.shape
-        masks = (classifiers @ features.view(b, c, h * w)).view(b, -1, h, w)
+        masks = self._upscale_and_classify(src.view(-1, height, width, src.shape[-1]), classifiers)
         return masks, self.iou_prediction_head(iou_out)
+
+    def _upscale_and_classify(self, grid: torch.Tensor, classifiers: torch.Tensor) -> torch.Tensor:
+        """Apply `output_upscaling` to a (B, h, w, C) grid and every mask token's linear
+        classifier (B, M, C/8) to the result: (B, M, 4h, 4w) logits.
+
+        A transposed convolution whose kernel equals its stride is one matrix product per
+        location; written so, with channels last throughout, this runs several times
+        faster on a CPU than the convolution layers called directly, with the same weights.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        batch, height, width, _ = grid.shape
+
+        def upsample(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+            # (..., C_in) -> (..., 2, 2, C_out): sub-pixel row offset, column offset, channel
+            c_in, c_out = conv.weight.shape[:2]
+            weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
+            out = F.linear(x, weight, conv.bias.repeat(4))
+            return out.view(*x.shape[:-1], 2, 2, c_out)
+
+        x = upsample(grid, up1)  # (B, h, w, a, b, C/4)
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = act2(upsample(x, up2))  # (B, h, w, a, b, a2, b2, C/8)
+        logits = x @ classifiers.transpose(1, 2)[:, None, None, None, None, None]
+        # Output pixel (4i + 2a + a2, 4j + 2b + b2) for each mask.
+        logits = logits.view(batch, height, width, 2, 2, 2, 2, -1)
+        logits = logits.permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, -1, 4 * height, 4 * width)

@@ -73,10 +73,27 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe: torch.Tensor | None = None
+        self._dense_pe_key: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid, (1, C, h, w)."""
-        return self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid, (1, C, h, w).
+
+        Cached: it costs more than the rest of the prompt encoding and changes only when
+        the random matrix does (loading weights, moving devices) or the grad mode does
+        (an inference-mode tensor must not enter autograd)."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (
+            matrix.device,
+            matrix.dtype,
+            matrix.data_ptr(),
+            matrix._version,
+            torch.is_inference_mode_enabled(),
+        )
+        if self._dense_pe_key != key:
+            self._dense_pe = self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # integer coordinates name pixels; encode their centres

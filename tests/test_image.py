@@ -1,0 +1,158 @@
+"""Normalisation of any user image to uint8 RGB, and the resize to the model input."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from napari_sam.image import (
+    ROBUST_PERCENTILES,
+    resize_longest_side,
+    resized_shape,
+    to_uint8_rgb,
+)
+
+
+def test_uint8_rgb_is_used_as_is():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(to_uint8_rgb(image), image)
+
+
+def test_gray_becomes_three_equal_channels_and_alpha_is_dropped():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = to_uint8_rgb(gray)
+    assert out.shape == (3, 4, 3) and all(np.array_equal(out[..., c], gray) for c in range(3))
+    rgba = np.dstack([np.full((3, 4), v, np.uint8) for v in (10, 20, 30, 40)])
+    assert np.array_equal(to_uint8_rgb(rgba)[0, 0], [10, 20, 30])
+    assert np.array_equal(to_uint8_rgb(gray[..., None]), out)
+
+
+def test_bool_maps_to_black_and_white():
+    mask = np.array([[True, False], [False, True]])
+    out = to_uint8_rgb(mask)
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 255}
+    assert out[0, 0, 0] == 255 and out[0, 1, 0] == 0
+
+
+def test_uint16_is_scaled_by_robust_percentiles():
+    rng = np.random.default_rng(1)
+    image = rng.integers(1000, 3000, (100, 100)).astype(np.uint16)
+    image[0, 0] = 65535  # one hot pixel must not darken everything else
+    out = to_uint8_rgb(image)[..., 0]
+    low, high = np.percentile(image, ROBUST_PERCENTILES)
+    assert out[0, 0] == 255
+    assert out.mean() == pytest.approx(255 * (image[1:].mean() - low) / (high - low), abs=3)
+    assert out.min() == 0 and (out == 255).mean() < 0.01
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64]
+)
+def test_every_real_dtype_spans_the_uint8_range(dtype):
+    start = 0 if np.issubdtype(dtype, np.unsignedinteger) else -5
+    ramp = np.linspace(start, 100, 400).reshape(20, 20).astype(dtype)
+    out = to_uint8_rgb(ramp)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out[..., 0].ravel().astype(int)) >= 0)  # order is kept
+
+
+def test_float_of_any_range():
+    tiny = np.linspace(0, 1e-6, 100).reshape(10, 10)
+    huge = np.linspace(-1e30, 1e30, 100).reshape(10, 10)
+    for image in (tiny, huge):
+        out = to_uint8_rgb(image)[..., 0]
+        assert out[0, 0] == 0 and out[-1, -1] == 255
+
+
+def test_sparse_objects_on_flat_background_fall_back_to_min_max():
+    image = np.zeros((100, 100), np.uint16)
+    image[50, 50] = 500  # 0.01% of pixels: both percentiles are 0
+    out = to_uint8_rgb(image)[..., 0]
+    assert out[50, 50] == 255 and out.sum() == 255
+
+
+def test_constant_image_becomes_black():
+    assert to_uint8_rgb(np.full((4, 4), 7.5)).max() == 0
+
+
+def test_nan_and_inf_become_zero_with_a_warning():
+    image = np.linspace(10, 20, 100).reshape(10, 10)
+    image[0, 0], image[0, 1], image[0, 2] = np.nan, np.inf, -np.inf
+    with pytest.warns(RuntimeWarning, match="3 NaN or infinite"):
+        out = to_uint8_rgb(image)[..., 0]
+    assert list(out[0, :3]) == [0, 0, 0] and out[-1, -1] == 255
+    with pytest.warns(RuntimeWarning):
+        assert to_uint8_rgb(np.full((3, 3), np.nan)).max() == 0
+
+
+def test_finite_float_images_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_uint8_rgb(np.random.default_rng(0).random((8, 8)))
+
+
+def test_rgb_is_scaled_jointly():
+    image = np.zeros((2, 2, 3), np.float32)
+    image[..., 0] = 1.0  # pure red stays red, not gray
+    image[0, 0] = 0.0
+    out = to_uint8_rgb(image)
+    assert list(out[1, 1]) == [255, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((0, 5), "empty"),
+        ((5,), "2D image"),
+        ((2, 3, 4, 5, 3), "2D image"),
+        ((4, 4, 2), "neither gray nor RGB"),
+        ((4, 4, 5), "pick one channel or three"),
+    ],
+)
+def test_bad_shapes_get_clear_errors(shape, message):
+    with pytest.raises(ValueError, match=message):
+        to_uint8_rgb(np.zeros(shape, np.uint8))
+
+
+def test_unsupported_dtype():
+    with pytest.raises(TypeError, match="complex"):
+        to_uint8_rgb(np.zeros((3, 3), np.complex64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.int16, np.float32, np.float64, bool]),
+        shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    )
+)
+def test_any_2d_array_becomes_uint8_rgb(image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN examples warn by design
+        out = to_uint8_rgb(image)
+    assert out.shape == (*image.shape, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((480, 640), (768, 1024)),
+        ((1024, 1024), (1024, 1024)),
+        ((1, 3000), (1, 1024)),
+        ((33, 7), (1024, 217)),
+    ],
+)
+def test_resized_shape_keeps_aspect(shape, expected):
+    assert resized_shape(*shape, 1024) == expected
+
+
+def test_resize_longest_side():
+    image = np.zeros((30, 60, 3), np.uint8)
+    image[:, 30:] = 200
+    out = resize_longest_side(image, 120)
+    assert out.shape == (60, 120, 3) and out.flags.writeable
+    assert out[:, :55].max() == 0 and out[:, 65:].min() == 200
+    assert resize_longest_side(out, 120) is out  # already the right size

@@ -1,0 +1,207 @@
+"""The model's own pieces: configs, windows, relative positions, chunked attention,
+dtypes and devices."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import napari_sam.model.image_encoder as image_encoder
+from napari_sam.model import CONFIGS, SamConfig, build_sam, get_config
+from napari_sam.model.image_encoder import (
+    Attention,
+    merge_windows,
+    relative_position_table,
+    split_windows,
+)
+from reference import TINY
+
+
+def test_official_configs_hold_the_published_values():
+    assert CONFIGS["vit_b"].encoder_embed_dim == 768 and CONFIGS["vit_b"].encoder_depth == 12
+    assert CONFIGS["vit_l"].encoder_global_attn_indexes == (5, 11, 17, 23)
+    assert CONFIGS["vit_h"].encoder_num_heads == 16 and CONFIGS["vit_h"].encoder_depth == 32
+    assert all(c.embedding_size == 64 and c.window_size == 14 for c in CONFIGS.values())
+    assert get_config("vit_l") is CONFIGS["vit_l"]
+
+
+def test_config_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="vit_q"):
+        get_config("vit_q")
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        SamConfig(img_size=100, patch_size=16)
+    with pytest.raises(ValueError, match="divisible"):
+        SamConfig(encoder_embed_dim=100, encoder_num_heads=12)
+    with pytest.raises(ValueError, match="outside"):
+        SamConfig(encoder_depth=4, encoder_global_attn_indexes=(5,))
+
+
+def test_config_round_trips_through_plain_data():
+    data = TINY.to_dict()
+    assert SamConfig(**data) == TINY
+    assert isinstance(data["encoder_global_attn_indexes"], list)
+
+
+def test_windows_round_trip_with_padding():
+    x = torch.randn(2, 9, 11, 3)
+    windows = split_windows(x, 4)
+    assert windows.shape == (2 * 3 * 3, 4, 4, 3)
+    assert torch.equal(merge_windows(windows, 9, 11), x)
+    # the padding is zeros and lies at the bottom/right
+    assert torch.equal(windows[-1, 1:, :, :], torch.zeros(3, 4, 3))
+
+
+def test_relative_position_table_indexes_offsets():
+    table = torch.arange(7.0)[:, None].repeat(1, 2)  # offsets -3..3 for size 4
+    rel = relative_position_table(table, 4)
+    assert rel.shape == (4, 4, 2)
+    for i in range(4):
+        for j in range(4):
+            assert rel[i, j, 0] == i - j + 3
+
+
+def test_relative_position_table_resamples_for_other_sizes():
+    table = torch.linspace(0, 1, 7)[:, None]
+    rel = relative_position_table(table, 6)  # needs 11 offsets
+    assert rel.shape == (6, 6, 1)
+    assert torch.all(rel[1:, 0] >= rel[:-1, 0])  # still increasing with the offset
+
+
+def plain_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Textbook softmax attention with the full decomposed bias, for comparison."""
+    batch, height, width, dim = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    rows = relative_position_table(attn.rel_pos_h, height)
+    cols = relative_position_table(attn.rel_pos_w, width)
+    grid = q.reshape(batch, heads, height, width, -1)
+    bias = (
+        torch.einsum("bnhwc,hkc->bnhwk", grid, rows)[..., None]
+        + torch.einsum("bnhwc,wkc->bnhwk", grid, cols)[..., None, :]
+    )
+    logits = logits + bias.reshape(batch, heads, height * width, height * width)
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(batch, height, width, dim)
+    return attn.proj(out)
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 700, 50])  # all at once, head bands, row bands
+def test_chunked_attention_equals_plain_attention(monkeypatch, chunk):
+    monkeypatch.setattr(image_encoder, "_BIAS_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    attn = Attention(dim=24, num_heads=3, grid_size=5)
+    torch.nn.init.normal_(attn.rel_pos_h, std=0.5)
+    torch.nn.init.normal_(attn.rel_pos_w, std=0.5)
+    x = torch.randn(2, 5, 5, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), plain_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+UNUSED_BY_ONE_POINT = (
+    "point_embeddings.0",
+    "point_embeddings.2",
+    "point_embeddings.3",
+    "mask_downscaling",
+    "not_a_point",
+    "no_mask",
+    "output_hypernetworks_mlps.0.",
+)
+
+
+def test_gradients_reach_every_parameter(tiny_model):
+    model = build_sam(TINY)
+    model.load_state_dict(tiny_model.state_dict())
+    features = model.encode_image(torch.rand(1, 3, 256, 256) * 255)
+    low_res, iou = model.decode(
+        features, (torch.tensor([[[40.0, 60.0]]]), torch.tensor([[1]])), multimask_output=True
+    )
+    (low_res.mean() + iou.mean()).backward()
+    # unused by a single point with multimask output: the box corners, the padding
+    # token, the mask path and the single-mask token's MLP
+    expected_silent = [
+        n for n, _ in model.named_parameters() if any(u in n for u in UNUSED_BY_ONE_POINT)
+    ]
+    silent = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert set(silent) <= set(expected_silent)
+    assert "image_encoder.blocks.1.attn.rel_pos_h" not in silent
+
+
+def test_bfloat16_encoder_close_to_float32(tiny_model):
+    model = build_sam(TINY).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    image = torch.rand(1, 3, 256, 256) * 255
+    with torch.inference_mode():
+        reference = model.encode_image(image)
+        model.image_encoder.to(torch.bfloat16)
+        half = model.encode_image(image)
+    assert half.dtype == torch.float32  # the decoder always gets float32
+    assert ((half - reference).norm() / reference.norm()).item() < 0.05
+
+
+def devices():
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+@pytest.mark.parametrize("device", devices())
+def test_runs_on_every_available_device(tiny_model, device):
+    model = build_sam(TINY).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    image = torch.rand(1, 3, 200, 256) * 255
+    with torch.inference_mode():
+        expected = model.encode_image(image)
+        model.to(device)
+        features = model.encode_image(image.to(device))
+        low_res, iou = model.decode(
+            features,
+            (torch.tensor([[[10.0, 20.0]]], device=device), torch.tensor([[1]], device=device)),
+        )
+    assert features.device.type == device and low_res.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(features.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_decoder_outputs_follow_multimask_flag(tiny_model):
+    features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    points = (torch.tensor([[[10.0, 20.0], [50, 60]]]), torch.tensor([[1, 0]]))
+    with torch.inference_mode():
+        many, iou_many = tiny_model.decode(features, points, multimask_output=True)
+        one, iou_one = tiny_model.decode(features, points, multimask_output=False)
+        both = tiny_model.mask_decoder.predict_masks(
+            features,
+            tiny_model.prompt_encoder.get_dense_pe(),
+            *tiny_model.prompt_encoder(points, None, None),
+        )
+    assert many.shape == (1, 3, 64, 64) and one.shape == (1, 1, 64, 64)
+    torch.testing.assert_close(both[0][:, 1:], many)
+    torch.testing.assert_close(both[0][:, :1], one)
+    assert iou_many.shape == (1, 3) and iou_one.shape == (1, 1)
+
+
+def test_postprocess_resizes_to_the_original_and_drops_padding(tiny_model):
+    logits = torch.zeros(1, 1, 64, 64)
+    logits[..., :48, :] = 1.0  # the valid region of a 192 x 256 input
+    out = tiny_model.postprocess_masks(logits, (192, 256), (300, 400))
+    assert out.shape == (1, 1, 300, 400)
+    assert (out > 0).float().mean() > 0.95
+    same = tiny_model.postprocess_masks(logits, (256, 256), (256, 256))
+    assert torch.equal(same, F.interpolate(logits, (256, 256), mode="bilinear"))
+
+
+def test_dense_positional_encoding_is_cached_until_weights_change():
+    model = build_sam(TINY)
+    first = model.prompt_encoder.get_dense_pe()
+    assert model.prompt_encoder.get_dense_pe() is first
+    with torch.no_grad():
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2)
+    second = model.prompt_encoder.get_dense_pe()
+    assert not torch.equal(first, second)
+    with torch.inference_mode():
+        inference = model.prompt_encoder.get_dense_pe()
+    assert inference is not second and torch.equal(inference, second)
+    assert not model.prompt_encoder.get_dense_pe().is_inference()
