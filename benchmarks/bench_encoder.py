@@ -52,7 +52,7 @@ def main() -> None:
     ious = []
     for click in clicks:
         a, sa, _ = fp32.predict(points=[click])
-        b, sb, _ = half.predict(points=[click])
+        b, _sb, _ = half.predict(points=[click])
         ious.append(mask_iou(a[np.argmax(sa)], b[np.argmax(sa)]))
     print(
         f"bfloat16 cpu: {bf16_s:.2f} s per image (goal <= 4.5 s), x{ours_s / bf16_s:.2f} vs "

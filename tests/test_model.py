@@ -158,7 +158,7 @@ def test_runs_on_every_available_device(tiny_model, device):
         expected = model.encode_image(image)
         model.to(device)
         features = model.encode_image(image.to(device))
-        low_res, iou = model.decode(
+        low_res, _iou = model.decode(
             features,
             (torch.tensor([[[10.0, 20.0]]], device=device), torch.tensor([[1]], device=device)),
         )

@@ -72,10 +72,10 @@ def test_labels_default_to_foreground(predictor):
 def test_points_are_row_col_converted_once_to_model_xy(tiny_model, predictor):
     """predict((row, col)) equals the model decoding (x, y) scaled to the input frame."""
     scale = 256 / 210  # longest side 210 -> 256; input size (183, 256)
-    masks, scores, logits = predictor.predict(points=[[30, 170]], labels=[1])
+    _masks, _scores, logits = predictor.predict(points=[[30, 170]], labels=[1])
     xy = torch.tensor([[[170 * (256 / 210), 30 * (183 / 150)]]])
     with torch.inference_mode():
-        expected, iou = tiny_model.decode(
+        expected, _iou = tiny_model.decode(
             predictor.image_embedding.features, (xy, torch.tensor([[1]])), multimask_output=True
         )
     np.testing.assert_allclose(logits, expected[0].numpy(), rtol=1e-5, atol=1e-5)
