@@ -17,6 +17,7 @@ from napari_sam.zoo import (
     register,
     unregister,
 )
+from napari_sam.zoo.download import _PoochProgress
 from zoo_helpers import DROPPED, CheckpointServer, assert_same_weights, entry_for, tiny_state
 
 
@@ -202,3 +203,20 @@ def test_default_progress_is_a_console_bar(served, registered, capsys):
     load_model("test_tiny")
     err = capsys.readouterr().err
     assert "test_tiny" in err and "100%" in err
+
+
+@pytest.mark.parametrize("total", [2500, 0])  # 0: the server sent no Content-Length
+def test_progress_callback_sees_monotonic_counts_and_the_end(total):
+    # Drives the adapter exactly as pooch's HTTPDownloader does, 1000-byte chunks.
+    progress = Recorder()
+    bar = _PoochProgress(progress)
+    bar.total = total
+    for _ in range(3):
+        bar.update(1000)
+    bar.reset()
+    bar.update(total)
+    bar.close()
+    done = [d for d, _ in progress.calls]
+    assert done == sorted(done)
+    assert progress.calls[-1] == (total or 3000, total or 3000)
+    assert all(t == total for _, t in progress.calls[:-1])

@@ -60,25 +60,30 @@ class ConsoleProgress:
 
 
 class _PoochProgress:
-    """Adapts a `ProgressCallback` to the object pooch drives (total, update, reset,
-    close). pooch reports every chunk as full-sized, so the count is capped at total."""
+    """Adapts a `ProgressCallback` to the object pooch drives: it sets `total`, calls
+    `update(chunk_size)` per chunk (the last one counted full-sized, hence the cap),
+    then `reset()`, `update(total)` and `close()` once the file is complete."""
 
     def __init__(self, callback: ProgressCallback) -> None:
         self.callback = callback
         self.total = 0
         self._done = 0
+        self._finishing = False
 
     def update(self, count: int) -> None:
+        if self._finishing:
+            return  # close() reports the end, also when the total was unknown
         self._done += count
         if self.total:
             self._done = min(self._done, self.total)
         self.callback(self._done, self.total)
 
     def reset(self) -> None:
-        self._done = 0
+        self._finishing = True
 
     def close(self) -> None:
-        pass
+        final = self.total or self._done
+        self.callback(final, final)
 
 
 def fetch(entry: ModelEntry, progress: ProgressCallback | bool | None = None) -> Path:
