@@ -105,6 +105,9 @@ UNUSED_BY_ONE_POINT = (
     "not_a_point",
     "no_mask",
     "output_hypernetworks_mlps.0.",
+    # a key bias shifts all logits of a query equally: no effect through the softmax
+    "cross_attn_token_to_image.k_proj.bias",
+    "final_attn_token_to_image.k_proj.bias",
 )
 
 
@@ -205,3 +208,22 @@ def test_dense_positional_encoding_is_cached_until_weights_change():
         inference = model.prompt_encoder.get_dense_pe()
     assert inference is not second and torch.equal(inference, second)
     assert not model.prompt_encoder.get_dense_pe().is_inference()
+
+
+@pytest.mark.parametrize(("queries", "keys"), [(7, 300), (300, 7), (7, 7), (40, 300)])
+def test_decoder_attention_folded_forms_equal_the_textbook_form(queries, keys):
+    from napari_sam.model.transformer import Attention as DecoderAttention
+
+    torch.manual_seed(0)
+    attn = DecoderAttention(dim=64, num_heads=4, downsample_rate=2)  # head dim 8
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    q, k, v = torch.randn(2, queries, 64), torch.randn(2, keys, 64), torch.randn(2, keys, 64)
+    folded = attn(q, k, v)
+    textbook = attn._projected(q, k, v)
+    torch.testing.assert_close(folded, textbook, rtol=1e-4, atol=1e-5)
+    # gradients flow through the folded forms as well
+    folded.sum().backward()
+    # (with few queries the key bias provably has no effect: it shifts a softmax's input)
+    unused = {"k_proj.bias"} if queries < 8 < keys else set()
+    assert {n for n, p in attn.named_parameters() if p.grad is None} == unused

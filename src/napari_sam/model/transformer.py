@@ -11,7 +11,14 @@ from .common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v projections to `dim // downsample_rate`."""
+    """Multi-head attention with separate q/k/v projections to `dim // downsample_rate`.
+
+    In the decoder one side is a handful of prompt tokens and the other 4096 image
+    locations. When the short side has fewer tokens than a head has channels, projecting
+    the long side is the expensive part, and it can be avoided exactly: the projection
+    matrices are folded into the short side's tokens instead (see `_few_queries` and
+    `_few_keys`), which more than halves the decoder's arithmetic for a click.
+    """
 
     def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -29,11 +36,64 @@ class Attention(nn.Module):
         return x.view(batch, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        head_dim = self.q_proj.out_features // self.num_heads
+        if q.shape[1] < head_dim < k.shape[1]:
+            return self._few_queries(q, k, v)
+        if k.shape[1] < head_dim < q.shape[1]:
+            return self._few_keys(q, k, v)
+        return self._projected(q, k, v)
+
+    def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Textbook form: project all three, attend per head, project back."""
         out = F.scaled_dot_product_attention(
             self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         )
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Few queries, many keys. Per head, q_h . (k W_k + b_k) = (q_h W_k) . k + const:
+        the constant does not change a softmax over keys. And since attention weights sum
+        to one, attn (v W_v + b_v) = (attn v) W_v + b_v. So the long side is only read
+        twice, by (heads x queries)-row products, and never projected."""
+        batch, queries, dim = q.shape
+        heads = self.num_heads
+        head_dim = self.q_proj.out_features // heads
+        q_heads = self.q_proj(q).view(batch, queries, heads, head_dim)
+        w_k = self.k_proj.weight.view(heads, head_dim, dim)
+        folded = torch.einsum("bqhd,hdc->bhqc", q_heads, w_k) * head_dim**-0.5
+        logits = folded.reshape(batch, heads * queries, dim) @ k.transpose(1, 2)
+        pooled = logits.softmax(dim=-1) @ v  # (B, heads * queries, dim)
+        w_v = self.v_proj.weight.view(heads, head_dim, dim)
+        out = torch.einsum("bhqc,hdc->bqhd", pooled.view(batch, heads, queries, dim), w_v)
+        out = out + self.v_proj.bias.view(heads, head_dim)
+        return self.out_proj(out.reshape(batch, queries, heads * head_dim))
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Many queries, few keys. Per head, (q W_q + b_q) . k_h = q . (W_q k_h) + b_q . k_h,
+        and the output projection distributes over the weighted sum of values, so it is
+        applied to the few values first: the long side meets two thin matrix products."""
+        batch, queries, dim = q.shape
+        keys = k.shape[1]
+        heads = self.num_heads
+        head_dim = self.q_proj.out_features // heads
+        scale = head_dim**-0.5
+        k_heads = self.k_proj(k).view(batch, keys, heads, head_dim)
+        v_heads = self.v_proj(v).view(batch, keys, heads, head_dim)
+        w_q = self.q_proj.weight.view(heads, head_dim, dim)
+        folded = torch.einsum("hdc,bkhd->bhkc", w_q, k_heads).reshape(batch, -1, dim) * scale
+        key_bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(heads, head_dim), k_heads)
+        # Logits laid out (B, heads, keys, queries): the softmax over the few keys then
+        # runs along contiguous rows of queries, which vectorises.
+        logits = torch.baddbmm(key_bias.reshape(batch, -1, 1) * scale, folded, q.transpose(1, 2))
+        weights = logits.view(batch, heads, keys, queries).softmax(dim=2)
+        w_o = self.out_proj.weight.view(-1, heads, head_dim)
+        values_out = torch.einsum("bkhd,ohd->bhko", v_heads, w_o).reshape(batch, heads * keys, -1)
+        return torch.baddbmm(
+            self.out_proj.bias,
+            weights.view(batch, heads * keys, queries).transpose(1, 2),
+            values_out,
+        )
 
 
 class TwoWayAttentionBlock(nn.Module):
