@@ -55,3 +55,33 @@ def test_predict_boxes_matches_predict(tiny_model):
         np.testing.assert_allclose(single_scores[0], scores[i], rtol=1e-4, atol=1e-5)
     empty, _ = predict_boxes(predictor, np.zeros((0, 4)))
     assert empty.shape == (0, 60, 90)
+
+
+def test_encode_steps_matches_set_image_and_cancels(tiny_model):
+    import pytest
+    import torch
+
+    from napari_sam.interactive import EncodingCancelled, encode_steps
+
+    image = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    predictor = SamPredictor(tiny_model)
+    predictor.set_image(image)
+    steps = encode_steps(tiny_model, image)
+    progress = []
+    try:
+        while True:
+            progress.append(next(steps))
+    except StopIteration as stop:
+        embedding = stop.value
+    depth = len(tiny_model.image_encoder.blocks)
+    assert progress[-1] == (depth + 1, depth + 1) and len(progress) == depth + 1
+    torch.testing.assert_close(embedding.features, predictor.image_embedding.features)
+    assert embedding.original_size == (50, 70)
+
+    calls = []
+    with pytest.raises(EncodingCancelled):
+        for _ in encode_steps(
+            tiny_model, image, cancelled=lambda: calls.append(1) or len(calls) > 2
+        ):
+            pass
+    assert len(calls) == 3

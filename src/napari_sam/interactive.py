@@ -16,8 +16,10 @@ import numpy as np
 __all__ = [
     "CANDIDATE_NAMES",
     "Candidate",
+    "EncodingCancelled",
     "PromptSet",
     "best_index",
+    "encode_steps",
     "predict_boxes",
     "prompts_grew",
     "rank_candidates",
@@ -95,6 +97,51 @@ def prompts_grew(old: PromptSet | None, new: PromptSet) -> bool:
         and len(new.points) > len(old.points)
         and new.points[: len(old.points)] == old.points
     )
+
+
+class EncodingCancelled(Exception):
+    """Raised by `encode_steps` when its `cancelled()` callback returns True."""
+
+
+def encode_steps(model, image, cancelled=None):
+    """Embed one 2D image block by block: a generator that yields (done, total) after
+    every encoder block and returns the `ImageEmbedding` (as StopIteration.value).
+
+    The same result as `SamPredictor.set_image`, but a worker thread can report progress
+    and stop between blocks: when `cancelled()` returns True, `EncodingCancelled` is
+    raised. Models whose encoder is not a block sequence are encoded in one step.
+    """
+    import torch
+
+    from .image import resize_longest_side, to_uint8_rgb
+    from .predictor import ImageEmbedding
+
+    rgb = to_uint8_rgb(image)
+    resized = resize_longest_side(rgb, model.img_size)
+    encoder = model.image_encoder
+    blocks = getattr(encoder, "blocks", None)
+    stepwise = all(hasattr(encoder, name) for name in ("patch_embed", "pos_embed", "neck"))
+    total = len(blocks) + 1 if (stepwise and blocks is not None) else 1
+
+    def check() -> None:
+        if cancelled is not None and cancelled():
+            raise EncodingCancelled("Encoding was cancelled.")
+
+    with torch.inference_mode():
+        pixels = torch.tensor(resized).permute(2, 0, 1)[None].to(model.device)
+        if total == 1:
+            features = model.encode_image(pixels)
+        else:
+            dtype = encoder.patch_embed.proj.weight.dtype
+            x = encoder.patch_embed(model.preprocess(pixels).to(dtype)) + encoder.pos_embed
+            for done, block in enumerate(blocks, start=1):
+                check()
+                x = block(x)
+                yield done, total
+            check()
+            features = encoder.neck(x.permute(0, 3, 1, 2)).float()
+    yield total, total
+    return ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
 
 
 def predict_boxes(predictor, boxes) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,36 @@
+"""Sample data that needs no download: a 2D image (scikit-image's bundled "coins") and a
+synthetic 3D stack of blobs whose cross-sections change from slice to slice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_image():
+    """Coins (303 x 384, uint8): round objects SAM separates well."""
+    from skimage import data
+
+    return [(data.coins(), {"name": "coins"}, "image")]
+
+
+def blobs_stack(shape: tuple[int, int, int] = (16, 192, 192), count: int = 12, seed: int = 0):
+    """A (Z, Y, X) float32 stack of smooth ellipsoids on a noisy background."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    stack = np.zeros(shape, np.float32)
+    for _ in range(count):
+        centre = rng.uniform([2, 20, 20], [shape[0] - 2, shape[1] - 20, shape[2] - 20])
+        radii = rng.uniform([3, 10, 10], [7, 24, 24])
+        distance = (
+            ((z - centre[0]) / radii[0]) ** 2
+            + ((y - centre[1]) / radii[1]) ** 2
+            + ((x - centre[2]) / radii[2]) ** 2
+        )
+        stack = np.maximum(stack, rng.uniform(0.5, 1.0) * np.clip(1.5 - distance, 0, 1))
+    stack += rng.normal(0, 0.03, shape).astype(np.float32)
+    return stack
+
+
+def sample_stack():
+    """A synthetic 3D stack (16 x 192 x 192) of blobs."""
+    return [(blobs_stack(), {"name": "blobs 3D"}, "image")]

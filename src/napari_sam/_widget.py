@@ -1,0 +1,1351 @@
+"""The "Segment Anything" dock widget: click on an object, see its mask, commit it as a label.
+
+napari glue only: the work is done by the scripting API (`view`, `prompts`, `embeddings`,
+`interactive`, `predictor`), which knows nothing of napari. torch is imported when the
+widget is created, not when napari reads the manifest.
+
+Threads: model loading and the image encoder run in napari worker threads with a
+cancelable progress bar in the activity dock; the decoder (milliseconds) runs in the GUI
+thread on every prompt change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .embeddings import EmbeddingCache, fingerprint
+from .interactive import (
+    Candidate,
+    PromptSet,
+    best_index,
+    prompts_grew,
+    rank_candidates,
+)
+from .prompts import POLARITY, boxes_to_view, points_to_view
+from .view import ViewSpec, extract_view, mask_indices
+
+if TYPE_CHECKING:
+    import napari
+
+POINTS_NAME = "SAM points"
+BOXES_NAME = "SAM boxes"
+PREVIEW_NAME = "SAM preview"
+NEW_LAYER = "(new labels layer)"
+LOCAL_FILE = "local file..."
+POSITIVE_COLOUR, NEGATIVE_COLOUR = "lime", "magenta"
+
+# Keys no napari layer (Points, Shapes, Labels, Image) nor the viewer binds by default.
+KEYS = {
+    "K": ("commit", "commit the preview as a new label"),
+    "Q": ("clear", "clear prompts and preview"),
+    "N": ("toggle_polarity", "toggle negative / positive points"),
+    "G": ("next_candidate", "next candidate"),
+    "8": ("select_whole", "whole"),
+    "9": ("select_part", "part"),
+    "0": ("select_subpart", "subpart"),
+}
+NEGATIVE_MODIFIER = "Control"  # Ctrl-click adds a negative point
+
+
+def _layer_types():
+    from napari.layers import Image, Labels, Points, Shapes
+
+    return Image, Labels, Points, Shapes
+
+
+def _data_to_world(layer) -> np.ndarray:
+    """The layer's data -> world homogeneous matrix (scale, translate, rotate, shear, affine),
+    measured through the public `data_to_world` on the origin and the unit vectors."""
+    ndim = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(ndim)), dtype=float)[-ndim:]
+    matrix = np.eye(ndim + 1)
+    for axis in range(ndim):
+        unit = np.zeros(ndim)
+        unit[axis] = 1.0
+        matrix[:ndim, axis] = np.asarray(layer.data_to_world(unit), dtype=float)[-ndim:] - origin
+    matrix[:ndim, ndim] = origin
+    return matrix
+
+
+def _transform_kwargs(layer, drop_last: bool = False) -> dict[str, Any]:
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
+        "units": layer.units,
+    }
+
+
+def _same(a, b) -> bool:
+    """Whether two references name the same layer. napari hands plugins proxies of its
+    objects, a new one on each access, so identity (`is`) cannot tell."""
+    return a is not None and b is not None and a == b
+
+
+def _notify(message: str, level: str = "info") -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
+
+
+class _Relay(QObject):
+    """Carries download progress from the loading thread to the GUI thread."""
+
+    download = Signal(int, int)
+
+
+class SamWidget(QWidget):
+    """Segment Anything in napari. Scripting:
+
+    >>> widget = viewer.window.add_plugin_dock_widget("napari-sam-labeler", "Segment Anything")[1]
+    >>> widget.set_model("vit_b_lm")           # a zoo name, a checkpoint path or a Sam
+    >>> widget.compute_embedding(wait=True)
+    >>> widget.points_layer.add([[120, 80]])   # a positive point, in world coordinates
+    >>> widget.select("part")
+    >>> widget.commit()
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.cache = EmbeddingCache()
+        self._model = None
+        self._model_id = 0
+        self._model_name = ""
+        self._predictor = None
+        self._image_layer = None
+        self._points_layer = None
+        self._boxes_layer = None
+        self._preview_layer = None
+        self._output_layer = None
+        self._candidates: list[Candidate] = []
+        self._selected = -1
+        self._objects: list[Candidate] = []  # one per box in "one object per box" mode
+        self._prediction_view: ViewSpec | None = None
+        self._prediction_points: np.ndarray = np.zeros(0, np.intp)
+        self._prediction_boxes: np.ndarray = np.zeros(0, np.intp)
+        self._last_prompts: PromptSet | None = None
+        self._last_logits: np.ndarray | None = None
+        self._preview_view: ViewSpec | None = None
+        self._negative = False
+        self._click_negative = False
+        self._fingerprints: dict[tuple, str] = {}
+        self._encode_worker = None
+        self._encode_key = None
+        self._encode_progress = None
+        self._load_worker = None
+        self._load_progress = None
+        self._load_cancelled = False
+        self._bound_keys: list[str] = []
+        self._owned: set[int] = set()
+        self._combo_layers: dict[int, list] = {}  # ids of the layers this widget created
+        self._connected: list[tuple[Any, Any]] = []
+        self._closed = False
+        self._updating = False
+        self._relay = _Relay()
+        self._relay.download.connect(self._on_download_progress)
+        self.last_decode_seconds = 0.0
+        self._encode_started = 0.0
+
+        self._build_ui()
+        self._connect(self.viewer.layers.events.inserted, self._on_layers_changed)
+        self._connect(self.viewer.layers.events.removed, self._on_layer_removed)
+        self._connect(self.viewer.layers.selection.events.active, self._on_active_layer)
+        self._connect(self.viewer.dims.events.current_step, self._on_dims_changed)
+        self._connect(self.viewer.dims.events.order, self._on_dims_changed)
+        self._connect(self.viewer.dims.events.ndisplay, self._on_dims_changed)
+        self._refresh_layer_choices()
+        self._bind_keys()
+        active = self.viewer.layers.selection.active
+        if isinstance(active, _layer_types()[0]):
+            self._set_image_layer(active)
+        elif self._image_layer is None:
+            images = [
+                layer for layer in self.viewer.layers if isinstance(layer, _layer_types()[0])
+            ]
+            if images:
+                self._set_image_layer(images[-1])
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._on_image_combo)
+        form.addRow("Image", self.image_combo)
+
+        channels = QHBoxLayout()
+        self.channel_axis_spin = QSpinBox()
+        self.channel_axis_spin.setRange(-1, 31)
+        self.channel_axis_spin.setValue(-1)
+        self.channel_axis_spin.setSpecialValueText("none")
+        self.channel_axis_spin.setToolTip("A data axis of channels (not RGB); none = no such axis")
+        self.channels_edit = QLineEdit()
+        self.channels_edit.setPlaceholderText("e.g. 0 or 0,1,2")
+        self.channels_edit.setToolTip("1 channel (gray) or 3 channels (RGB) form the view")
+        self.channel_axis_spin.valueChanged.connect(self._on_view_options)
+        self.channels_edit.editingFinished.connect(self._on_view_options)
+        channels.addWidget(QLabel("axis"))
+        channels.addWidget(self.channel_axis_spin)
+        channels.addWidget(QLabel("use"))
+        channels.addWidget(self.channels_edit)
+        form.addRow("Channels", channels)
+
+        self.model_combo = QComboBox()
+        self._fill_model_choices()
+        self.device_combo = QComboBox()
+        self._fill_devices()
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self._on_load_clicked)
+        model_row.addWidget(self.load_button)
+        form.addRow("Model", model_row)
+        form.addRow("Device", self.device_combo)
+
+        self.points_combo = QComboBox()
+        self.boxes_combo = QComboBox()
+        self.output_combo = QComboBox()
+        self.points_combo.currentIndexChanged.connect(self._on_prompt_combo)
+        self.boxes_combo.currentIndexChanged.connect(self._on_prompt_combo)
+        self.output_combo.currentIndexChanged.connect(self._on_output_combo)
+        form.addRow("Points", self.points_combo)
+        form.addRow("Boxes", self.boxes_combo)
+        form.addRow("Output", self.output_combo)
+        layout.addLayout(form)
+
+        actions = QHBoxLayout()
+        self.compute_button = QPushButton("Compute")
+        self.compute_button.setToolTip("Embed the view on screen now (else on the first prompt)")
+        self.compute_button.clicked.connect(lambda: self.compute_embedding(wait=False))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        actions.addWidget(self.compute_button)
+        actions.addWidget(self.cancel_button)
+        layout.addLayout(actions)
+
+        options = QHBoxLayout()
+        self.negative_check = QCheckBox("negative points")
+        self.negative_check.toggled.connect(self._set_negative)
+        self.per_box_check = QCheckBox("one object per box")
+        self.per_box_check.toggled.connect(lambda _: self._schedule_update())
+        self.overwrite_check = QCheckBox("overwrite")
+        self.overwrite_check.setToolTip("Commit over existing labels too (else only where 0)")
+        options.addWidget(self.negative_check)
+        options.addWidget(self.per_box_check)
+        options.addWidget(self.overwrite_check)
+        layout.addLayout(options)
+
+        picker = QGroupBox("Candidates")
+        picker_layout = QHBoxLayout(picker)
+        self.candidate_group = QButtonGroup(self)
+        self.candidate_group.setExclusive(True)
+        self.candidate_buttons = []
+        for i, name in enumerate(("whole", "part", "subpart")):
+            button = QPushButton(name)
+            button.setCheckable(True)
+            button.setEnabled(False)
+            self.candidate_group.addButton(button, i)
+            picker_layout.addWidget(button)
+            self.candidate_buttons.append(button)
+        self.candidate_group.idClicked.connect(self._select_index)
+        layout.addWidget(picker)
+
+        commit_row = QHBoxLayout()
+        self.commit_button = QPushButton("Commit [K]")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button = QPushButton("Clear [Q]")
+        self.clear_button.clicked.connect(self.clear)
+        commit_row.addWidget(self.commit_button)
+        commit_row.addWidget(self.clear_button)
+        layout.addLayout(commit_row)
+
+        self.status_label = QLabel("Load a model, then click on an object.")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        keys = "<br>".join(f"<b>{key}</b>: {text}" for key, (_, text) in KEYS.items())
+        keys += f"<br><b>{NEGATIVE_MODIFIER}-click</b>: negative point"
+        self.keys_label = QLabel(f"<small>{keys}</small>")
+        self.keys_label.setTextFormat(Qt.TextFormat.RichText)
+        layout.addWidget(self.keys_label)
+        layout.addStretch(1)
+
+    def _fill_model_choices(self) -> None:
+        from .zoo import cached_path, registry
+
+        self.model_combo.clear()
+        for name, entry in registry().items():
+            try:
+                cached = cached_path(entry).is_file()
+            except Exception:  # a broken cache folder must not break the widget
+                cached = False
+            self.model_combo.addItem(f"{name} (cached)" if cached else name, name)
+        self.model_combo.addItem(LOCAL_FILE, LOCAL_FILE)
+        cached = [
+            i
+            for i in range(self.model_combo.count())
+            if "(cached)" in self.model_combo.itemText(i)
+        ]
+        if cached:
+            self.model_combo.setCurrentIndex(cached[0])
+
+    def _fill_devices(self) -> None:
+        from .zoo import available_devices
+
+        self.device_combo.clear()
+        self.device_combo.addItem("auto")
+        for device in available_devices():
+            self.device_combo.addItem(device)
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    # ------------------------------------------------------------------ signals
+    def _connect(self, emitter, callback) -> None:
+        emitter.connect(callback)
+        self._connected.append((emitter, callback))
+
+    def _disconnect_all(self) -> None:
+        for emitter, callback in self._connected:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                emitter.disconnect(callback)
+        self._connected.clear()
+
+    def _bind_keys(self) -> None:
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key, (method, _) in KEYS.items():
+            if coerce_keybinding(key) in self.viewer.keymap:
+                _notify(
+                    f"Segment Anything: key {key} is taken; use the buttons instead.", "warning"
+                )
+                continue
+            self.viewer.bind_key(key, self._key_handler(method))
+            self._bound_keys.append(key)
+
+    def _key_handler(self, method: str):
+        def handler(_viewer):
+            getattr(self, method)()
+
+        handler.__name__ = f"sam_{method}"
+        return handler
+
+    def _unbind_keys(self) -> None:
+        for key in self._bound_keys:
+            self.viewer.bind_key(key, None)
+        self._bound_keys.clear()
+
+    def cleanup(self) -> None:
+        """Unbind keys, disconnect every callback, stop workers. Called when the widget
+        closes or leaves its dock; the layers it made stay."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self._unbind_keys()
+        self._disconnect_all()
+        for layer in (self._points_layer, self._boxes_layer):
+            self._detach_prompt_layer(layer)
+
+    def closeEvent(self, event) -> None:
+        self.cleanup()
+        super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        # napari's remove_dock_widget takes the widget out of its dock with setParent(None).
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.cleanup()
+        return super().event(event)
+
+    # ------------------------------------------------------------------ layers
+    def _layers_of(self, kind) -> list:
+        return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _refresh_layer_choices(self) -> None:
+        Image, Labels, Points, Shapes = _layer_types()
+        combos = (
+            (self.image_combo, self._layers_of(Image), self._image_layer, None),
+            (self.points_combo, self._layers_of(Points), self._points_layer, None),
+            (self.boxes_combo, self._layers_of(Shapes), self._boxes_layer, None),
+            (
+                self.output_combo,
+                [la for la in self._layers_of(Labels) if not _same(la, self._preview_layer)],
+                self._output_layer,
+                NEW_LAYER,
+            ),
+        )
+        for combo, layers, current, first in combos:
+            # Qt hands back copies of Python objects stored as item data: keep our own list.
+            entries = ([None] if first is not None else []) + layers
+            self._combo_layers[id(combo)] = entries
+            combo.blockSignals(True)
+            combo.clear()
+            for entry in entries:
+                combo.addItem(first if entry is None else entry.name)
+            index = next((i for i, entry in enumerate(entries) if _same(entry, current)), -1)
+            combo.setCurrentIndex(max(index, 0) if first is not None else index)
+            combo.blockSignals(False)
+
+    def _combo_layer(self, combo: QComboBox, index: int | None = None):
+        entries = self._combo_layers.get(id(combo), [])
+        index = combo.currentIndex() if index is None else index
+        return entries[index] if 0 <= index < len(entries) else None
+
+    def _on_layers_changed(self, event=None) -> None:
+        self._refresh_layer_choices()
+        if self._image_layer is None:
+            Image = _layer_types()[0]
+            layer = getattr(event, "value", None)
+            if isinstance(layer, Image):
+                self._set_image_layer(layer)
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if _same(layer, self._image_layer):
+            self._image_layer = None
+            self._cancel_encoding()
+            self._reset_prediction()
+            images = self._layers_of(_layer_types()[0])
+            if images:
+                self._set_image_layer(images[-1])
+        if _same(layer, self._points_layer):
+            self._detach_prompt_layer(layer)
+            self._points_layer = None
+            self._reset_prediction()
+            QTimer.singleShot(0, self._ensure_prompt_layers)
+        if _same(layer, self._boxes_layer):
+            self._detach_prompt_layer(layer)
+            self._boxes_layer = None
+            self._reset_prediction()
+            QTimer.singleShot(0, self._ensure_prompt_layers)
+        if _same(layer, self._preview_layer):
+            self._preview_layer = None
+            self._preview_view = None
+        if _same(layer, self._output_layer):
+            self._output_layer = None
+        self._refresh_layer_choices()
+
+    def _on_active_layer(self, event=None) -> None:
+        layer = self.viewer.layers.selection.active
+        if isinstance(layer, _layer_types()[0]) and not _same(layer, self._image_layer):
+            self._set_image_layer(layer)
+
+    def _on_image_combo(self, index: int) -> None:
+        layer = self._combo_layer(self.image_combo, index)
+        if layer is not None and not _same(layer, self._image_layer):
+            self._set_image_layer(layer)
+
+    def _on_prompt_combo(self, _index: int = 0) -> None:
+        points = self._combo_layer(self.points_combo)
+        boxes = self._combo_layer(self.boxes_combo)
+        if points is not None and not _same(points, self._points_layer):
+            self._attach_points(points)
+        if boxes is not None and not _same(boxes, self._boxes_layer):
+            self._attach_boxes(boxes)
+        self._schedule_update()
+
+    def _on_output_combo(self, _index: int) -> None:
+        self._output_layer = self._combo_layer(self.output_combo)
+
+    def _set_image_layer(self, layer) -> None:
+        self._image_layer = layer
+        self._fingerprints.clear()
+        self._reset_prediction()
+        preview = self._preview_layer
+        if (
+            preview is not None
+            and preview in self.viewer.layers
+            and preview.data.shape != self._spatial_shape(layer)
+        ):
+            self.viewer.layers.remove(preview)
+        self._refresh_layer_choices()
+        if (layer.events.data, self._on_image_data) not in self._connected:
+            self._connect(layer.events.data, self._on_image_data)
+        self._ensure_prompt_layers()
+        self._schedule_update()
+
+    def _on_image_data(self, event=None) -> None:
+        self._fingerprints.clear()
+        self._schedule_update()
+
+    def _spatial_shape(self, layer) -> tuple[int, ...]:
+        data = layer.data[0] if layer.multiscale else layer.data
+        shape = tuple(data.shape)
+        return shape[:-1] if layer.rgb else shape
+
+    def _ensure_prompt_layers(self) -> None:
+        """Create the prompt layers when missing (or made for an image of other ndim)."""
+        if self._closed or self._image_layer is None:
+            return
+        image = self._image_layer
+        active = self.viewer.layers.selection.active
+        # Our own prompt layers follow the image's dimensionality; a user's are kept.
+        for attr in ("_points_layer", "_boxes_layer"):
+            layer = getattr(self, attr)
+            if (
+                layer is not None
+                and layer.unique_id in self._owned
+                and layer in self.viewer.layers
+                and layer.ndim != image.ndim
+                and len(layer.data) == 0
+            ):
+                self.viewer.layers.remove(layer)  # _on_layer_removed resets the attribute
+        created = False
+        if self._points_layer is None or self._points_layer not in self.viewer.layers:
+            self._attach_points(self._make_points_layer(image))
+            created = True
+        if self._boxes_layer is None or self._boxes_layer not in self.viewer.layers:
+            self._attach_boxes(self._make_boxes_layer(image))
+        if created:
+            self.viewer.layers.selection.active = self._points_layer
+            self._points_layer.mode = "add"
+        elif active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        self._refresh_layer_choices()
+
+    def _point_size(self, image) -> float:
+        shape = self._spatial_shape(image)
+        return float(max(3.0, max(shape[-2:]) / 60))
+
+    def _make_points_layer(self, image):
+        import pandas as pd
+        from napari.layers import Points
+
+        polarity = pd.Series([], dtype=pd.CategoricalDtype(["positive", "negative"]))
+        layer = Points(
+            np.zeros((0, image.ndim)),
+            ndim=image.ndim,
+            name=POINTS_NAME,
+            features=pd.DataFrame({POLARITY: polarity}),
+            face_color=POLARITY,
+            face_color_cycle={"positive": POSITIVE_COLOUR, "negative": NEGATIVE_COLOUR},
+            border_color="black",
+            size=self._point_size(image),
+            **_transform_kwargs(image),
+        )
+        self._owned.add(layer.unique_id)
+        self.viewer.add_layer(layer)
+        return layer
+
+    def _make_boxes_layer(self, image):
+        from napari.layers import Shapes
+
+        layer = Shapes(
+            ndim=image.ndim,
+            name=BOXES_NAME,
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=max(1.0, self._point_size(image) / 4),
+            **_transform_kwargs(image),
+        )
+        self._owned.add(layer.unique_id)
+        self.viewer.add_layer(layer)
+        return layer
+
+    def _attach_points(self, layer) -> None:
+        if _same(layer, self._points_layer):
+            return
+        self._detach_prompt_layer(self._points_layer)
+        self._points_layer = layer
+        self._connect(layer.events.data, self._on_prompts_changed)
+        if self._on_points_press not in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.append(self._on_points_press)
+        self._apply_polarity_default()
+        self._reset_prediction()
+
+    def _attach_boxes(self, layer) -> None:
+        if _same(layer, self._boxes_layer):
+            return
+        self._detach_prompt_layer(self._boxes_layer)
+        self._boxes_layer = layer
+        self._connect(layer.events.data, self._on_prompts_changed)
+        self._reset_prediction()
+
+    def _detach_prompt_layer(self, layer) -> None:
+        if layer is None:
+            return
+        for emitter, callback in list(self._connected):
+            if emitter == layer.events.data and callback == self._on_prompts_changed:
+                emitter.disconnect(callback)
+                self._connected.remove((emitter, callback))
+        if self._on_points_press in getattr(layer, "mouse_drag_callbacks", []):
+            layer.mouse_drag_callbacks.remove(self._on_points_press)
+
+    # ------------------------------------------------------------------ polarity
+    def _on_points_press(self, layer, event):
+        """Ctrl-click adds a negative point: set the polarity the next point gets."""
+        negative = self._negative or NEGATIVE_MODIFIER in set(event.modifiers)
+        if negative != self._click_negative:
+            self._click_negative = negative
+            self._apply_polarity_default(negative)
+        yield
+        while event.type == "mouse_move":
+            yield
+        # the add happens on release, after this callback: restore the toggle on the next press
+
+    def _apply_polarity_default(self, negative: bool | None = None) -> None:
+        layer = self._points_layer
+        if layer is None or POLARITY not in layer.features:
+            return
+        negative = self._negative if negative is None else negative
+        layer.feature_defaults = {POLARITY: "negative" if negative else "positive"}
+
+    def _set_negative(self, negative: bool) -> None:
+        self._negative = bool(negative)
+        self._click_negative = self._negative
+        self._apply_polarity_default()
+        if self.negative_check.isChecked() != self._negative:
+            self.negative_check.setChecked(self._negative)
+
+    def toggle_polarity(self) -> None:
+        """Switch new points between positive and negative (key N)."""
+        self._set_negative(not self._negative)
+        self._set_status(f"New points are {'negative' if self._negative else 'positive'}.")
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model(self):
+        return self._model
+
+    def set_model(self, model, device: str | None = None, dtype: str = "auto", wait: bool = True):
+        """Use a model: a zoo name, a checkpoint path, or a ready `Sam` instance.
+
+        Names and paths load in a worker thread (downloading when needed, with progress in
+        the activity dock); `wait=True` returns once it is loaded.
+        """
+        if device is None:
+            device = self.device_combo.currentText() or "auto"
+        from .model import Sam
+
+        if isinstance(model, Sam):
+            self._use_model(model, getattr(model, "name", None) or type(model).__name__)
+            return model
+        self._start_load(str(model), device, dtype)
+        if wait:
+            self._wait_for(lambda: self._load_worker is None)
+        return self._model
+
+    def _use_model(self, model, name: str) -> None:
+        from .predictor import SamPredictor
+
+        self._cancel_encoding()
+        self._model = model.eval()
+        self._model_id += 1
+        self._model_name = name
+        self._predictor = SamPredictor(self._model)
+        self._reset_prediction()
+        self._set_status(f"Model {name} ready on {model.device}. Click on an object.")
+        self._schedule_update()
+
+    def _on_load_clicked(self) -> None:
+        choice = self.model_combo.currentData()
+        if choice == LOCAL_FILE:
+            path, _ = QFileDialog.getOpenFileName(
+                self,
+                "SAM checkpoint",
+                "",
+                "Checkpoints (*.pth *.pt *.ckpt *.safetensors);;All (*)",
+            )
+            if not path:
+                return
+            choice = path
+        self.set_model(choice, wait=False)
+
+    def _start_load(self, name: str, device: str, dtype: str) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        if self._load_worker is not None:
+            _notify("A model is already loading; cancel it first.", "warning")
+            return
+        self._load_cancelled = False
+        self._load_progress = cancelable_progress(
+            total=0, desc=f"SAM: loading {name}", cancel_callback=self.cancel
+        )
+        relay = self._relay
+
+        def progress(done: int, total: int) -> None:
+            if self._load_cancelled or self._load_progress.is_canceled:
+                raise _LoadCancelled()
+            relay.download.emit(int(done), int(total or 0))
+
+        def load():
+            from .zoo import load_model
+
+            return load_model(name, device=device, dtype=dtype, progress=progress)
+
+        worker = create_worker(load)
+        worker.returned.connect(lambda model: self._use_model(model, name))
+        worker.errored.connect(self._on_load_error)
+        worker.finished.connect(self._on_load_finished)
+        self._load_worker = worker
+        self._update_busy()
+        self._set_status(f"Loading {name}...")
+        worker.start()
+
+    def _on_download_progress(self, done: int, total: int) -> None:
+        pbar = self._load_progress
+        if pbar is None:
+            return
+        if total and pbar.total != total:
+            pbar.total = total
+        pbar.update(done - pbar.n)
+
+    def _on_load_error(self, error: Exception) -> None:
+        if isinstance(error, _LoadCancelled):
+            self._set_status("Model loading cancelled.")
+            return
+        self._set_status(f"Could not load the model: {error}")
+        _notify(f"Segment Anything: could not load the model: {error}", "error")
+
+    def _on_load_finished(self) -> None:
+        if self._load_progress is not None:
+            self._load_progress.close()
+        self._load_progress = None
+        self._load_worker = None
+        self._update_busy()
+
+    # ------------------------------------------------------------------ view + embedding
+    def _view_spec(self, layer) -> ViewSpec:
+        dims = self.viewer.dims
+        if dims.ndisplay != 2:
+            raise _UserError("Segment Anything works in the 2D view; switch the viewer to 2D.")
+        offset = dims.ndim - layer.ndim
+        displayed = [axis - offset for axis in dims.displayed if axis - offset >= 0]
+        if len(displayed) != 2:
+            raise _UserError("The image layer must have two displayed axes.")
+        position = layer.world_to_data(dims.point)
+        shape = self._spatial_shape(layer)
+        # The channel axis gets its slider position too: extract_view ignores it when
+        # channels are picked, and commits land at that position of the labels.
+        index = {}
+        for axis in range(layer.ndim):
+            if axis in displayed:
+                continue
+            index[axis] = int(np.clip(np.round(position[axis]), 0, shape[axis] - 1))
+        return ViewSpec(displayed, index)
+
+    def _channel_axis(self, layer) -> int | None:
+        """The channel axis, when the user picked one and channels on it."""
+        axis = self.channel_axis_spin.value()
+        if axis < 0 or layer.rgb or not self.channels_edit.text().strip():
+            return None
+        if axis >= layer.ndim:
+            raise _UserError(f"Channel axis {axis} does not exist in a {layer.ndim}D layer.")
+        return axis
+
+    def _channels(self) -> list[int] | None:
+        text = self.channels_edit.text().strip()
+        if not text:
+            return None
+        try:
+            return [int(part) for part in text.replace(" ", ",").split(",") if part]
+        except ValueError:
+            raise _UserError(f"Channels must be numbers such as 0,1,2; got {text!r}.") from None
+
+    def _on_view_options(self, *_args) -> None:
+        self._fingerprints.clear()
+        self._reset_prediction()
+        self._schedule_update()
+
+    def _view_image(self, layer, view: ViewSpec) -> np.ndarray:
+        data = layer.data[0] if layer.multiscale else layer.data
+        channel_axis = self._channel_axis(layer)
+        try:
+            return extract_view(
+                data,
+                view.displayed,
+                view.slice_index,
+                rgb=layer.rgb,
+                channel_axis=channel_axis,
+                channels=self._channels() if channel_axis is not None else None,
+            )
+        except (ValueError, IndexError) as error:
+            raise _UserError(str(error)) from None
+
+    def _embedding_key(self, layer, view: ViewSpec) -> tuple[tuple, np.ndarray | None]:
+        extra = (self._channel_axis(layer), tuple(self._channels() or ()))
+        local = (layer.unique_id, view.key(), extra)
+        image = None
+        fp = self._fingerprints.get(local)
+        if fp is None:
+            image = self._view_image(layer, view)
+            fp = fingerprint(image)
+            self._fingerprints[local] = fp
+        return (fp, (view.key(), extra), self._model_id), image
+
+    def compute_embedding(self, wait: bool = True) -> bool:
+        """Embed the 2D view on screen (in a worker). `wait=True` returns when done.
+        Returns True when the embedding is ready."""
+        try:
+            if self._require_ready() is None:
+                return False
+            layer = self._image_layer
+            view = self._view_spec(layer)
+            key, image = self._embedding_key(layer, view)
+        except _UserError as error:
+            self._user_error(error)
+            return False
+        if key in self.cache:
+            return True
+        if image is None:
+            image = self._view_image(layer, view)
+        self._start_encoding(key, image)
+        if wait:
+            self._wait_for(lambda: self._encode_worker is None)
+        return key in self.cache
+
+    def _start_encoding(self, key, image: np.ndarray) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        from .interactive import encode_steps
+
+        if self._encode_key == key and self._encode_worker is not None:
+            return
+        self._cancel_encoding()
+        depth = len(getattr(self._model.image_encoder, "blocks", ())) + 1
+        pbar = cancelable_progress(
+            total=depth, desc="SAM: embedding image", cancel_callback=self.cancel
+        )
+        model = self._model
+
+        def work():
+            steps = encode_steps(model, image, cancelled=lambda: pbar.is_canceled)
+            while True:
+                try:
+                    yield next(steps)
+                except StopIteration as stop:
+                    return stop.value
+
+        worker = create_worker(work)
+        worker.yielded.connect(lambda step: self._on_encode_step(pbar, step))
+        worker.returned.connect(lambda embedding: self._on_encoded(key, embedding))
+        worker.errored.connect(self._on_encode_error)
+        worker.finished.connect(lambda: self._on_encode_finished(worker, pbar))
+        self._encode_worker, self._encode_key, self._encode_progress = worker, key, pbar
+        self._update_busy()
+        self._set_status("Computing the image embedding...")
+        self._encode_started = time.perf_counter()
+        worker.start()
+
+    def _on_encode_step(self, pbar, step) -> None:
+        done, _total = step
+        pbar.update(done - pbar.n)
+
+    def _on_encoded(self, key, embedding) -> None:
+        if key[-1] != self._model_id:
+            return  # the model changed meanwhile
+        self.cache.put(key, embedding)
+        seconds = time.perf_counter() - self._encode_started
+        self._set_status(f"Embedding ready ({seconds:.1f} s).")
+        self._schedule_update()
+
+    def _on_encode_error(self, error: Exception) -> None:
+        from .interactive import EncodingCancelled
+
+        if isinstance(error, EncodingCancelled):
+            self._set_status("Embedding cancelled.")
+            return
+        self._set_status(f"Embedding failed: {error}")
+        _notify(f"Segment Anything: embedding failed: {error}", "error")
+
+    def _on_encode_finished(self, worker, pbar) -> None:
+        pbar.close()
+        if self._encode_worker is worker:
+            self._encode_worker = None
+            self._encode_key = None
+            self._encode_progress = None
+        self._update_busy()
+
+    def _cancel_encoding(self) -> None:
+        if self._encode_progress is not None:
+            self._encode_progress.cancel()
+        if self._encode_worker is not None:
+            self._encode_worker.quit()
+        self._encode_key = None
+
+    def cancel(self) -> None:
+        """Stop model loading and image encoding (between encoder blocks)."""
+        self._cancel_encoding()
+        if self._load_worker is not None:
+            self._load_cancelled = True
+            self._load_worker.quit()
+
+    def _update_busy(self) -> None:
+        if self._closed:
+            return
+        busy = self._encode_worker is not None or self._load_worker is not None
+        self.cancel_button.setEnabled(busy)
+
+    @property
+    def busy(self) -> bool:
+        return self._encode_worker is not None or self._load_worker is not None
+
+    def _wait_for(self, condition, timeout: float | None = None) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        start = time.perf_counter()
+        while not condition():
+            QApplication.processEvents()
+            time.sleep(0.005)
+            if timeout is not None and time.perf_counter() - start > timeout:
+                raise TimeoutError("Segment Anything: timed out waiting for a worker.")
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Process events until loading and encoding are done (for scripts and tests)."""
+        self._wait_for(lambda: not self.busy, timeout)
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+
+    # ------------------------------------------------------------------ prompts -> preview
+    @property
+    def points_layer(self):
+        """The Points layer whose points are prompts (created when missing)."""
+        if self._points_layer is None or self._points_layer not in self.viewer.layers:
+            self._points_layer = None
+            self._ensure_prompt_layers()
+        return self._points_layer
+
+    @property
+    def boxes_layer(self):
+        """The Shapes layer whose rectangles are box prompts (created when missing)."""
+        if self._boxes_layer is None or self._boxes_layer not in self.viewer.layers:
+            self._boxes_layer = None
+            self._ensure_prompt_layers()
+        return self._boxes_layer
+
+    @points_layer.setter
+    def points_layer(self, layer) -> None:
+        self._attach_points(layer)
+        self._refresh_layer_choices()
+        self._schedule_update()
+
+    @boxes_layer.setter
+    def boxes_layer(self, layer) -> None:
+        self._attach_boxes(layer)
+        self._refresh_layer_choices()
+        self._schedule_update()
+
+    def _on_prompts_changed(self, event=None) -> None:
+        action = str(getattr(event, "action", "")).lower()
+        if action.endswith(("adding", "changing", "removing")):
+            return
+        self._click_negative = self._negative
+        self._apply_polarity_default()
+        self.update_prediction()
+
+    def _on_dims_changed(self, event=None) -> None:
+        self._schedule_update()
+
+    def _schedule_update(self) -> None:
+        if not self._closed:
+            QTimer.singleShot(0, self.update_prediction)
+
+    def _require_ready(self):
+        if self._closed:
+            return None
+        if self._image_layer is None or self._image_layer not in self.viewer.layers:
+            self._set_status("Open or choose an image layer.")
+            return None
+        if self._model is None:
+            self._set_status("Load a model (Load button), then click on an object.")
+            return None
+        return self._model
+
+    def _gather_prompts(self, view: ViewSpec):
+        image = self._image_layer
+        image_matrix = _data_to_world(image)
+        point = self.viewer.dims.point
+        points = boxes = None
+        if self._points_layer is not None and self._points_layer in self.viewer.layers:
+            layer = self._points_layer
+            polarity = layer.features.get(POLARITY, None)
+            points = points_to_view(
+                layer.data, _data_to_world(layer), image_matrix, view, image.ndim,
+                polarity=None if polarity is None else list(polarity), world_point=point,
+            )  # fmt: skip
+        if self._boxes_layer is not None and self._boxes_layer in self.viewer.layers:
+            layer = self._boxes_layer
+            boxes = boxes_to_view(
+                layer.data, layer.shape_type, _data_to_world(layer), image_matrix, view,
+                image.ndim, world_point=point,
+            )  # fmt: skip
+        return points, boxes
+
+    def update_prediction(self) -> None:
+        """Re-run the decoder on the current prompts and refresh the preview.
+
+        Starts the image encoder first when the view has no embedding yet."""
+        if self._updating or self._require_ready() is None:
+            return
+        self._updating = True
+        try:
+            self._update_prediction()
+        except _UserError as error:
+            self._user_error(error)
+        finally:
+            self._updating = False
+
+    def _update_prediction(self) -> None:
+        layer = self._image_layer
+        view = self._view_spec(layer)
+        points, boxes = self._gather_prompts(view)
+        n_points = 0 if points is None else len(points.coords)
+        n_boxes = 0 if boxes is None else len(boxes.boxes)
+        if n_points == 0 and n_boxes == 0:
+            self._reset_prediction()
+            self._show_preview()
+            return
+        key, image = self._embedding_key(layer, view)
+        embedding = self.cache.get(key)
+        if embedding is None:
+            if image is None:
+                image = self._view_image(layer, view)
+            self._start_encoding(key, image)
+            return
+        predictor = self._predictor
+        predictor.image_embedding = embedding
+        start = time.perf_counter()
+        per_box = self.per_box_check.isChecked() and n_boxes > 0
+        if per_box:
+            from .interactive import predict_boxes
+
+            masks, scores = predict_boxes(predictor, boxes.boxes)
+            self._objects = [
+                Candidate(f"box {i + 1}", mask, float(score), np.zeros(0))
+                for i, (mask, score) in enumerate(zip(masks, scores, strict=True))
+            ]
+            self._candidates, self._selected = [], -1
+            self._last_prompts, self._last_logits = None, None
+            self._prediction_points = np.zeros(0, np.intp)
+            self._prediction_boxes = boxes.indices
+            self._set_status(f"{len(masks)} objects, one per box: commit to keep them all.")
+        else:
+            box = boxes.boxes[-1] if n_boxes else None
+            prompts = PromptSet.from_arrays(
+                points.coords if n_points else np.zeros((0, 2)),
+                points.labels if n_points else np.zeros(0),
+                box,
+            )
+            mask_input = None
+            if self._last_logits is not None and prompts_grew(self._last_prompts, prompts):
+                mask_input = self._last_logits
+            masks, scores, logits = predictor.predict(
+                points=points.coords if n_points else None,
+                labels=points.labels if n_points else None,
+                box=box,
+                mask_input=mask_input,
+            )
+            self._objects = []
+            self._candidates = rank_candidates(masks, scores, logits)
+            self._selected = best_index(self._candidates)
+            self._last_prompts = prompts
+            self._last_logits = self._candidates[self._selected].logits
+            self._prediction_points = points.indices if n_points else np.zeros(0, np.intp)
+            self._prediction_boxes = boxes.indices[-1:] if n_boxes else np.zeros(0, np.intp)
+            if n_boxes > 1:
+                self._set_status(
+                    "Several boxes: the last one is used (tick 'one object per box' for all)."
+                )
+            else:
+                self._set_status(self._candidate_text())
+        self._prediction_view = view
+        self.last_decode_seconds = time.perf_counter() - start
+        self._show_preview()
+
+    def _candidate_text(self) -> str:
+        if not self._candidates:
+            return ""
+        chosen = self._candidates[self._selected]
+        return f"{chosen.name}: predicted IoU {chosen.iou:.2f}, {chosen.area} px."
+
+    def _reset_prediction(self) -> None:
+        self._candidates, self._selected, self._objects = [], -1, []
+        self._last_prompts, self._last_logits = None, None
+        self._prediction_view = None
+        self._prediction_points = np.zeros(0, np.intp)
+        self._prediction_boxes = np.zeros(0, np.intp)
+        if not self._closed:
+            self._update_candidate_buttons()
+
+    def _update_candidate_buttons(self) -> None:
+        names = [c.name for c in self._candidates]
+        three = names == ["whole", "part", "subpart"]
+        for i, button in enumerate(self.candidate_buttons):
+            if three:
+                button.setEnabled(True)
+                button.setText(f"{names[i]} {self._candidates[i].iou:.2f}")
+                button.setChecked(i == self._selected)
+            else:
+                button.setEnabled(False)
+                button.setText(("whole", "part", "subpart")[i])
+        if not three:
+            checked = self.candidate_group.checkedButton()
+            if checked is not None:
+                self.candidate_group.setExclusive(False)
+                checked.setChecked(False)
+                self.candidate_group.setExclusive(True)
+
+    # ------------------------------------------------------------------ preview
+    def _preview(self):
+        image = self._image_layer
+        shape = self._spatial_shape(image)
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
+            from napari.layers import Labels
+
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            active = self.viewer.layers.selection.active
+            layer = Labels(
+                np.zeros(shape, np.uint8),
+                name=PREVIEW_NAME,
+                opacity=0.5,
+                blending="translucent",
+                **_transform_kwargs(image),
+            )
+            index = self.viewer.layers.index(image) + 1
+            self.viewer.layers.insert(index, layer)
+            self._preview_layer = layer
+            self._preview_view = None
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+            self._refresh_layer_choices()
+        return layer
+
+    def _show_preview(self) -> None:
+        if self._closed:
+            return
+        self._update_candidate_buttons()
+        if self._image_layer is None:
+            return
+        masks = [c.mask for c in self._objects]
+        if self._candidates:
+            masks = [self._candidates[self._selected].mask]
+        if not masks and (self._preview_layer is None or self._preview_view is None):
+            return
+        layer = self._preview()
+        if self._preview_view is not None:
+            key = self._plane_key(self._preview_view, layer.ndim)
+            layer.data[key] = 0
+            self._preview_view = None
+        if masks:
+            view = self._prediction_view
+            plane = np.zeros(masks[0].shape, np.uint8)
+            for i, mask in enumerate(masks):
+                plane[mask & (plane == 0)] = (i % 254) + 1
+            key = self._plane_key(view, layer.ndim)
+            target = layer.data[key]
+            if view.displayed[0] > view.displayed[1]:
+                plane = plane.T
+            target[...] = plane
+            self._preview_view = view
+        layer.refresh()
+
+    @staticmethod
+    def _plane_key(view: ViewSpec, ndim: int) -> tuple:
+        key: list = [slice(None)] * ndim
+        for axis, index in view.slice_index.items():
+            key[axis] = index
+        return tuple(key)
+
+    # ------------------------------------------------------------------ picking
+    @property
+    def candidates(self) -> list[Candidate]:
+        """The current candidates (name, mask, predicted IoU), largest first; in
+        "one object per box" mode, one per box."""
+        return list(self._candidates or self._objects)
+
+    @property
+    def selected(self) -> Candidate | None:
+        return self._candidates[self._selected] if self._candidates else None
+
+    def select(self, which: str | int) -> Candidate:
+        """Choose a candidate: "whole", "part", "subpart" or an index."""
+        if not self._candidates:
+            raise _UserError("There are no candidates: add a prompt first.")
+        if isinstance(which, str):
+            names = [c.name for c in self._candidates]
+            if which not in names:
+                raise _UserError(f"No candidate {which!r}; there are {names}.")
+            index = names.index(which)
+        else:
+            index = int(which)
+        self._select_index(index)
+        return self._candidates[self._selected]
+
+    def _select_index(self, index: int) -> None:
+        if not self._candidates or not 0 <= index < len(self._candidates):
+            return
+        self._selected = index
+        self._last_logits = self._candidates[index].logits
+        self._set_status(self._candidate_text())
+        self._show_preview()
+
+    def _select_by_key(self, name: str) -> None:
+        if any(c.name == name for c in self._candidates):
+            self.select(name)
+
+    def select_whole(self) -> None:
+        self._select_by_key("whole")
+
+    def select_part(self) -> None:
+        self._select_by_key("part")
+
+    def select_subpart(self) -> None:
+        self._select_by_key("subpart")
+
+    def next_candidate(self) -> None:
+        if self._candidates:
+            self._select_index((self._selected + 1) % len(self._candidates))
+
+    # ------------------------------------------------------------------ commit / clear
+    @property
+    def output_layer(self):
+        """The Labels layer commits go to (None until the first commit creates one)."""
+        if self._output_layer is not None and self._output_layer not in self.viewer.layers:
+            self._output_layer = None
+        return self._output_layer
+
+    @output_layer.setter
+    def output_layer(self, layer) -> None:
+        self._output_layer = layer
+        self._refresh_layer_choices()
+
+    def _ensure_output(self):
+        image = self._image_layer
+        shape = self._spatial_shape(image)
+        layer = self.output_layer
+        if layer is not None:
+            if tuple(layer.data.shape) != shape:
+                raise _UserError(
+                    f"The output layer {layer.name!r} has shape {layer.data.shape}, the image "
+                    f"{shape}: choose a labels layer of the image's shape, or a new one."
+                )
+            return layer
+        from napari.layers import Labels
+
+        active = self.viewer.layers.selection.active
+        layer = Labels(
+            np.zeros(shape, np.int32), name=f"{image.name} labels", **_transform_kwargs(image)
+        )
+        self.viewer.add_layer(layer)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        self._output_layer = layer
+        self._refresh_layer_choices()
+        return layer
+
+    def commit(self) -> list[int]:
+        """Write the chosen mask (or, one object per box, every box's mask) into the output
+        layer with new label ids, as one undoable step; then drop the prompts used.
+        Returns the ids written."""
+        try:
+            return self._commit()
+        except _UserError as error:
+            self._user_error(error)
+            return []
+
+    def _commit(self) -> list[int]:
+        masks = [c.mask for c in self._objects]
+        if self._candidates:
+            masks = [self._candidates[self._selected].mask]
+        if not masks or self._prediction_view is None:
+            raise _UserError("Nothing to commit: click on an object first.")
+        layer = self._ensure_output()
+        view = self._prediction_view
+        data = layer.data
+        next_id = int(np.asarray(data).max(initial=0)) + 1
+        overwrite = self.overwrite_check.isChecked()
+        ids = []
+        with layer.block_history():
+            for mask in masks:
+                indices = mask_indices(mask, view.displayed, view.slice_index, layer.ndim)
+                if not overwrite:
+                    free = np.asarray(data[indices]) == 0
+                    indices = tuple(axis[free] for axis in indices)
+                if indices[0].size == 0:
+                    continue
+                max_id = np.iinfo(data.dtype).max if data.dtype.kind in "iu" else None
+                if max_id is not None and next_id > max_id:
+                    raise _UserError(f"The labels layer's {data.dtype} has no room for more ids.")
+                layer.data_setitem(indices, next_id)
+                ids.append(next_id)
+                next_id += 1
+        if not ids and not any(mask.any() for mask in masks):
+            _notify("Segment Anything: the mask is empty; nothing written.", "warning")
+        elif not ids:
+            _notify("Segment Anything: the mask lies entirely on existing labels; nothing "
+                    "written (tick 'overwrite' to replace them).", "warning")  # fmt: skip
+        else:
+            layer.selected_label = ids[-1]
+        self._drop_used_prompts()
+        self._set_status(f"Committed label {', '.join(map(str, ids))}." if ids else "")
+        return ids
+
+    def _drop_used_prompts(self) -> None:
+        points, boxes = self._prediction_points, self._prediction_boxes
+        self._reset_prediction()
+        if self._points_layer is not None and len(points):
+            keep = np.setdiff1d(np.arange(len(self._points_layer.data)), points)
+            self._remove_data(self._points_layer, keep)
+        if self._boxes_layer is not None and len(boxes):
+            self._boxes_layer.selected_data = set(int(i) for i in boxes)
+            self._boxes_layer.remove_selected()
+        self._show_preview()
+
+    @staticmethod
+    def _remove_data(layer, keep: np.ndarray) -> None:
+        remove = set(range(len(layer.data))) - {int(i) for i in keep}
+        if remove:
+            layer.selected_data = remove
+            layer.remove_selected()
+
+    def clear(self) -> None:
+        """Drop all prompts and the preview."""
+        self._reset_prediction()
+        if self._points_layer is not None and len(self._points_layer.data):
+            self._remove_data(self._points_layer, np.zeros(0, np.intp))
+        if self._boxes_layer is not None and len(self._boxes_layer.data):
+            self._boxes_layer.selected_data = set(range(len(self._boxes_layer.data)))
+            self._boxes_layer.remove_selected()
+        self._reset_prediction()
+        self._show_preview()
+        self._set_status("Cleared.")
+
+    def _user_error(self, error: Exception) -> None:
+        self._set_status(str(error))
+        _notify(f"Segment Anything: {error}", "warning")
+
+
+class _UserError(ValueError):
+    """Something the user can fix; shown as a notification, never as a traceback."""
+
+
+class _LoadCancelled(Exception):
+    pass
