@@ -697,7 +697,7 @@ class SamWidget(QWidget):
 
             return load_model(name, device=device, dtype=dtype, progress=progress)
 
-        worker = create_worker(load)
+        worker = create_worker(load, _ignore_errors=True)
         worker.returned.connect(lambda model: self._use_model(model, name))
         worker.errored.connect(self._on_load_error)
         worker.finished.connect(self._on_load_finished)
@@ -787,15 +787,19 @@ class SamWidget(QWidget):
             raise _UserError(str(error)) from None
 
     def _embedding_key(self, layer, view: ViewSpec) -> tuple[tuple, np.ndarray | None]:
-        extra = (self._channel_axis(layer), tuple(self._channels() or ()))
-        local = (layer.unique_id, view.key(), extra)
+        channel_axis = self._channel_axis(layer)
+        extra = (channel_axis, tuple(self._channels() or ()))
+        # The view does not depend on the channel slider when channels are picked.
+        sliced = {a: i for a, i in view.slice_index.items() if a != channel_axis}
+        view_key = (view.displayed, tuple(sliced.items()))
+        local = (layer.unique_id, view_key, extra)
         image = None
         fp = self._fingerprints.get(local)
         if fp is None:
             image = self._view_image(layer, view)
             fp = fingerprint(image)
             self._fingerprints[local] = fp
-        return (fp, (view.key(), extra), self._model_id), image
+        return (fp, (view_key, extra), self._model_id), image
 
     def compute_embedding(self, wait: bool = True) -> bool:
         """Embed the 2D view on screen (in a worker). `wait=True` returns when done.
@@ -834,14 +838,18 @@ class SamWidget(QWidget):
         model = self._model
 
         def work():
+            from .interactive import EncodingCancelled
+
             steps = encode_steps(model, image, cancelled=lambda: pbar.is_canceled)
             while True:
                 try:
                     yield next(steps)
                 except StopIteration as stop:
                     return stop.value
+                except EncodingCancelled:
+                    return None
 
-        worker = create_worker(work)
+        worker = create_worker(work, _ignore_errors=True)
         worker.yielded.connect(lambda step: self._on_encode_step(pbar, step))
         worker.returned.connect(lambda embedding: self._on_encoded(key, embedding))
         worker.errored.connect(self._on_encode_error)
@@ -857,6 +865,12 @@ class SamWidget(QWidget):
         pbar.update(done - pbar.n)
 
     def _on_encoded(self, key, embedding) -> None:
+        if embedding is None:  # cancelled
+            if self._image_layer is None:
+                self._set_status("Open or choose an image layer.")
+            else:
+                self._set_status("Embedding cancelled.")
+            return
         if key[-1] != self._model_id:
             return  # the model changed meanwhile
         self.cache.put(key, embedding)
@@ -865,11 +879,6 @@ class SamWidget(QWidget):
         self._schedule_update()
 
     def _on_encode_error(self, error: Exception) -> None:
-        from .interactive import EncodingCancelled
-
-        if isinstance(error, EncodingCancelled):
-            self._set_status("Embedding cancelled.")
-            return
         self._set_status(f"Embedding failed: {error}")
         _notify(f"Segment Anything: embedding failed: {error}", "error")
 
@@ -882,10 +891,10 @@ class SamWidget(QWidget):
         self._update_busy()
 
     def _cancel_encoding(self) -> None:
+        # The worker sees the flag between encoder blocks and returns None (no quit():
+        # a quit generator worker never reports back).
         if self._encode_progress is not None:
             self._encode_progress.cancel()
-        if self._encode_worker is not None:
-            self._encode_worker.quit()
         self._encode_key = None
 
     def cancel(self) -> None:
