@@ -1,0 +1,98 @@
+"""Training examples from (image, instance labels) pairs: random crops at random scales,
+flips, the predictor's own normalisation, and objects to prompt at every level of a
+label hierarchy (cell / nucleus / nucleolus)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..image import resize_longest_side, to_uint8_rgb
+
+
+@dataclass
+class LabelledImage:
+    """A 2D image and one or more instance label images of the same (H, W), ordered from
+    whole to subpart (one level for ordinary annotations)."""
+
+    image: np.ndarray
+    levels: Sequence[np.ndarray]
+
+    def __post_init__(self) -> None:
+        shape = self.image.shape[:2]
+        for labels in self.levels:
+            if labels.shape != shape:
+                raise ValueError(
+                    f"Labels of shape {labels.shape} do not match the image's {shape}."
+                )
+
+
+@dataclass
+class Example:
+    """One augmented crop in the model's input frame."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8, longest side = img_size
+    levels: list[np.ndarray]  # (h, w) int label images, resized with nearest neighbour
+
+
+Source = Callable[[np.random.Generator], LabelledImage]
+
+
+def from_pairs(pairs: Sequence[LabelledImage]) -> Source:
+    """A source drawing uniformly from fixed pairs (e.g. a user's layers)."""
+    if not pairs:
+        raise ValueError("No training images: give at least one (image, labels) pair.")
+    return lambda rng: pairs[rng.integers(len(pairs))]
+
+
+def augment(
+    rng: np.random.Generator,
+    item: LabelledImage,
+    img_size: int,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+) -> Example:
+    """A random square-ish crop whose side is img_size times a random scale (bounded by
+    the image), random flips and transposition, resized so its longest side is img_size."""
+    height, width = item.image.shape[:2]
+    side = int(img_size * np.exp(rng.uniform(*np.log(scale_range))))
+    crop_h, crop_w = min(side, height), min(side, width)
+    top = rng.integers(0, height - crop_h + 1)
+    left = rng.integers(0, width - crop_w + 1)
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    image = item.image[window]
+    levels = [labels[window] for labels in item.levels]
+    if rng.random() < 0.5:
+        image, levels = image[:, ::-1], [lv[:, ::-1] for lv in levels]
+    if rng.random() < 0.5:
+        image, levels = image[::-1], [lv[::-1] for lv in levels]
+    if rng.random() < 0.5:
+        image = np.swapaxes(image, 0, 1)
+        levels = [lv.T for lv in levels]
+    pixels = resize_longest_side(to_uint8_rgb(np.ascontiguousarray(image)), img_size)
+    size = (pixels.shape[1], pixels.shape[0])
+    resized = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(lv).astype(np.int32)).resize(
+                size, Image.Resampling.NEAREST
+            )
+        )
+        for lv in levels
+    ]
+    return Example(pixels, resized)
+
+
+def sample_objects(
+    rng: np.random.Generator, example: Example, count: int, min_area: int = 4
+) -> list[np.ndarray]:
+    """Up to `count` true masks drawn from all levels, each instance equally likely."""
+    candidates = []
+    for level, labels in enumerate(example.levels):
+        ids, areas = np.unique(labels, return_counts=True)
+        candidates += [(level, i) for i, a in zip(ids, areas, strict=True) if i and a >= min_area]
+    if not candidates:
+        return []
+    picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return [example.levels[candidates[p][0]] == candidates[p][1] for p in picks]

@@ -1,0 +1,199 @@
+"""Training: the loss and its min-over-3 rule, simulated prompting, the loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.model import build_sam
+from napari_sam.training.data import LabelledImage, augment, from_pairs, sample_objects
+from napari_sam.training.evaluate import single_click_iou
+from napari_sam.training.loop import TrainingConfig, train, training_step
+from napari_sam.training.losses import dice_loss, focal_loss, sam_loss
+from napari_sam.training.prompting import correction_point, first_point, jittered_box
+from napari_sam.training.synthetic import generate
+from reference import TINY
+
+
+def disk(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(yy - centre[0], xx - centre[1]) < radius
+
+
+def test_focal_and_dice_reward_the_right_mask():
+    target = torch.from_numpy(disk((32, 32), (16, 16), 8)).float()
+    good = (target * 2 - 1) * 10
+    bad = -good
+    assert focal_loss(good, target) < 1e-4 < focal_loss(bad, target)
+    assert dice_loss(good, target) < 0.01 and dice_loss(bad, target) > 0.99
+
+
+def test_only_the_lowest_loss_output_is_trained():
+    target = torch.from_numpy(disk((32, 32), (16, 16), 8)).float()[None]
+    logits = torch.stack([-(target[0] * 2 - 1), target[0] * 2 - 1, torch.zeros(32, 32)])[None]
+    logits = (logits * 5).requires_grad_()
+    iou_pred = torch.full((1, 3), 0.5, requires_grad=True)
+    loss, chosen, achieved = sam_loss(logits, iou_pred, target)
+    loss.backward()
+    assert chosen.item() == 1 and achieved.item() == pytest.approx(1.0)
+    per_output = logits.grad.abs().sum(dim=(2, 3))[0]
+    assert per_output[1] > 0 and per_output[0] == 0 and per_output[2] == 0
+    # every IoU prediction is trained towards what its mask achieved (0, 1, 0)
+    assert iou_pred.grad[0, 1] < 0 < iou_pred.grad[0, 0]
+
+
+def test_correction_points_lie_in_the_error_region():
+    rng = np.random.default_rng(0)
+    truth = disk((40, 40), (20, 20), 10)
+    predicted = disk((40, 40), (20, 26), 10)  # shifted: misses the left, spills right
+    labels = []
+    for _ in range(100):
+        (row, col), label = correction_point(rng, predicted, truth)
+        assert predicted[int(row), int(col)] != truth[int(row), int(col)]
+        assert label == int(truth[int(row), int(col)])
+        labels.append(label)
+    assert 0 in labels and 1 in labels
+    assert correction_point(rng, truth, truth) is None
+
+
+def test_first_point_and_box_come_from_the_object():
+    rng = np.random.default_rng(1)
+    mask = disk((50, 60), (25, 30), 12)
+    for _ in range(50):
+        row, col = first_point(rng, mask)
+        assert mask[int(row), int(col)]
+        box = jittered_box(rng, mask)
+        assert np.all(box >= 0) and box[2] <= 49 and box[3] <= 59
+        assert box[0] <= box[2] and box[1] <= box[3]
+        assert np.all(np.abs(box - [13, 18, 37, 42]) <= 12)
+
+
+def test_synthetic_images_have_three_nested_levels():
+    found_nucleoli = 0
+    for seed in range(6):
+        sample = generate(np.random.default_rng(seed), (128, 160))
+        assert sample.image.shape == (128, 160) and sample.image.dtype in (np.uint8, np.uint16)
+        nucleus = sample.nuclei > 0
+        assert np.array_equal(sample.nuclei[nucleus], sample.cells[nucleus])  # inside its cell
+        for nucleolus_id, cell_id in sample.nucleolus_cell.items():
+            assert np.all(sample.nuclei[sample.nucleoli == nucleolus_id] == cell_id)
+            found_nucleoli += 1
+            row, col = np.argwhere(sample.nucleoli == nucleolus_id)[0]
+            assert len(sample.levels_at(row, col)) == 3
+    assert found_nucleoli > 0
+
+
+def test_augment_keeps_labels_aligned_with_pixels():
+    image = np.zeros((300, 200), np.uint16)
+    labels = np.zeros((300, 200), np.int32)
+    image[100:150, 50:120] = 1000
+    labels[100:150, 50:120] = 7
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        example = augment(rng, LabelledImage(image, [labels]), 128)
+        assert max(example.pixels.shape[:2]) == 128
+        bright = example.pixels[..., 0] > 127
+        inside = example.levels[0] == 7
+        if inside.any():
+            assert (bright == inside).mean() > 0.97
+        masks = sample_objects(rng, example, 4)
+        assert all(m.shape == example.pixels.shape[:2] for m in masks)
+
+
+def cells_source():
+    def source(rng):
+        sample = generate(rng, (192, 192))
+        return LabelledImage(sample.image, [sample.cells, sample.nuclei, sample.nucleoli])
+
+    return source
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    image = np.zeros((128, 128), np.uint8)
+    labels = np.zeros((128, 128), np.int32)
+    for i, (r, c) in enumerate([(30, 30), (30, 90), (90, 40), (95, 95)], start=1):
+        labels[disk((128, 128), (r, c), 18)] = i
+    image[labels > 0] = 200
+    source = from_pairs([LabelledImage(image, [labels])])
+    config = TrainingConfig(steps=25, learning_rate=1e-3, correction_rounds=1, warmup_steps=2)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad():
+            return np.mean(
+                [
+                    training_step(model, source, np.random.default_rng(s), config)[0].item()
+                    for s in range(3)
+                ]
+            )
+
+    before = loss_now()
+    history = train(model, source, config)
+    assert len(history) == 25 and all(np.isfinite(h["loss"]) for h in history)
+    assert loss_now() < 0.7 * before
+
+
+def blobs(rng, size=128):
+    """Generated bright blobs on a noisy background, one label level."""
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    for i in range(1, rng.integers(3, 7)):
+        r = rng.uniform(8, 22)
+        c = rng.uniform(r, size - r, 2)
+        labels[(np.hypot(yy - c[0], xx - c[1]) < r) & (labels == 0)] = i
+    image = (labels > 0) * rng.uniform(120, 220) + rng.normal(30, 10, labels.shape)
+    return LabelledImage(np.clip(image, 0, 255).astype(np.uint8), [labels])
+
+
+def test_decoder_only_fine_tuning_raises_held_out_iou():
+    torch.manual_seed(0)
+    model = build_sam(TINY).eval()
+    encoder_before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    held_out = [blobs(np.random.default_rng(1000 + i)) for i in range(4)]
+    before = single_click_iou(model, held_out)
+    config = TrainingConfig(
+        steps=40,
+        learning_rate=3e-3,
+        freeze_encoder=True,
+        warmup_steps=2,
+        correction_rounds=1,
+        box_fraction=0.3,
+        scale_range=(1.0, 2.0),
+    )
+    train(model, blobs, config)
+    after = single_click_iou(model, held_out)
+    assert after > before + 0.05
+    for key, value in model.image_encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    source = cells_source()
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_sam(TINY)
+
+    straight = fresh()
+    train(straight, source, TrainingConfig(steps=4, correction_rounds=0, batch_size=1))
+
+    path = tmp_path / "run.pt"
+    interrupted = fresh()
+    stops = iter([False, False, True])
+    train(
+        interrupted,
+        source,
+        TrainingConfig(steps=4, correction_rounds=0, batch_size=1, checkpoint_path=str(path)),
+        should_stop=lambda: next(stops),
+    )
+    assert torch.load(path, weights_only=True)["step"] == 2
+    resumed = fresh()
+    history = train(
+        resumed,
+        source,
+        TrainingConfig(steps=4, correction_rounds=0, batch_size=1, checkpoint_path=str(path)),
+    )
+    assert [h["step"] for h in history] == [3, 4]
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-4, atol=1e-5)
