@@ -22,3 +22,14 @@ def test_demo_opens_ready_to_click(make_napari_viewer, monkeypatch):
     assert widget.points_layer.mode == "add"
     widget.points_layer.add([[150, 190]])
     assert len(widget.candidates) == 3
+
+
+def test_cli_demo_is_wired_to_the_demo(capsys):
+    from napari_sam.cli import main
+
+    try:
+        main(["demo", "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0
+    out = capsys.readouterr().out
+    assert "napari-sam demo" in out and "--model" in out and "--stack" in out

@@ -106,11 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="versions, devices and the cache folder").set_defaults(
         run=_info
     )
+    # Listed here for help; its own arguments are parsed by napari_sam._demo.
+    commands.add_parser(
+        "demo", help="open napari with a sample image and the widget (demo -h for options)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `napari-sam` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from ._demo import main as demo_main  # imports napari only when asked for
+
+        return demo_main(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 
