@@ -183,3 +183,40 @@ def test_set_image_rejects_bad_images(tiny_model, image, message):
 def test_bad_prompts_get_clear_errors(predictor, prompts, message):
     with pytest.raises(ValueError, match=message):
         predictor.predict(**prompts)
+
+
+def test_predict_boxes_gives_one_object_per_box_in_one_batch(predictor):
+    boxes = np.array([[5, 5, 30, 40], [20, 50, 55, 85], [40, 10, 10, 30]])
+    masks, scores = predictor.predict_boxes(boxes)
+    assert masks.shape == (3, 150, 210) and scores.shape == (3,)
+    for i, box in enumerate(boxes):
+        single, single_scores, _ = predictor.predict(box=box)
+        assert (single[0] == masks[i]).mean() > 0.999
+        np.testing.assert_allclose(single_scores[0], scores[i], rtol=1e-4, atol=1e-5)
+    empty, _ = predictor.predict_boxes(np.zeros((0, 4)))
+    assert empty.shape == (0, 150, 210)
+    with pytest.raises(ValueError, match="shape \\(B, 4\\)"):
+        predictor.predict_boxes([1, 2, 3])
+
+
+def test_set_image_reports_each_encoder_block_and_can_be_stopped(tiny_model, image):
+    from napari_sam.predictor import embed_image
+
+    reference = SamPredictor(tiny_model)
+    reference.set_image(image)
+    calls = []
+    embedding = embed_image(tiny_model, image, on_block=lambda d, t: calls.append((d, t)))
+    depth = len(tiny_model.image_encoder.blocks)
+    assert calls == [(i, depth) for i in range(1, depth + 1)]
+    torch.testing.assert_close(embedding.features, reference.image_embedding.features)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, _total):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        reference.set_image(image, on_block=stop_after_two)
+    assert not reference.is_image_set

@@ -111,9 +111,14 @@ def _notify(message: str, level: str = "info") -> None:
 
 
 class _Relay(QObject):
-    """Carries download progress from the loading thread to the GUI thread."""
+    """Carries progress from worker threads to the GUI thread."""
 
     download = Signal(int, int)
+    encoded_blocks = Signal(int)
+
+
+class _EncodingCancelled(Exception):
+    """Raised between encoder blocks when the user cancelled the embedding."""
 
 
 class SamWidget(QWidget):
@@ -166,6 +171,7 @@ class SamWidget(QWidget):
         self._updating = False
         self._relay = _Relay()
         self._relay.download.connect(self._on_download_progress)
+        self._relay.encoded_blocks.connect(self._on_encoded_blocks)
         self.last_decode_seconds = 0.0
         self._encode_started = 0.0
 
@@ -826,31 +832,31 @@ class SamWidget(QWidget):
         from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
-        from .interactive import encode_steps
-
         if self._encode_key == key and self._encode_worker is not None:
             return
         self._cancel_encoding()
-        depth = len(getattr(self._model.image_encoder, "blocks", ())) + 1
+        depth = len(getattr(self._model.image_encoder, "blocks", ())) or 1
         pbar = cancelable_progress(
             total=depth, desc="SAM: embedding image", cancel_callback=self.cancel
         )
         model = self._model
+        relay = self._relay
+
+        def on_block(done: int, _total: int) -> None:
+            # Runs in the worker, between encoder blocks: progress, and the place to stop.
+            if pbar.is_canceled:
+                raise _EncodingCancelled()
+            relay.encoded_blocks.emit(done)
 
         def work():
-            from .interactive import EncodingCancelled
+            from .predictor import embed_image
 
-            steps = encode_steps(model, image, cancelled=lambda: pbar.is_canceled)
-            while True:
-                try:
-                    yield next(steps)
-                except StopIteration as stop:
-                    return stop.value
-                except EncodingCancelled:
-                    return None
+            try:
+                return embed_image(model, image, on_block)
+            except _EncodingCancelled:
+                return None
 
         worker = create_worker(work, _ignore_errors=True)
-        worker.yielded.connect(lambda step: self._on_encode_step(pbar, step))
         worker.returned.connect(lambda embedding: self._on_encoded(key, embedding))
         worker.errored.connect(self._on_encode_error)
         worker.finished.connect(lambda: self._on_encode_finished(worker, pbar))
@@ -860,9 +866,9 @@ class SamWidget(QWidget):
         self._encode_started = time.perf_counter()
         worker.start()
 
-    def _on_encode_step(self, pbar, step) -> None:
-        done, _total = step
-        pbar.update(done - pbar.n)
+    def _on_encoded_blocks(self, done: int) -> None:
+        if self._encode_progress is not None:
+            self._encode_progress.update(done - self._encode_progress.n)
 
     def _on_encoded(self, key, embedding) -> None:
         if embedding is None:  # cancelled
@@ -891,8 +897,7 @@ class SamWidget(QWidget):
         self._update_busy()
 
     def _cancel_encoding(self) -> None:
-        # The worker sees the flag between encoder blocks and returns None (no quit():
-        # a quit generator worker never reports back).
+        # The worker sees the flag between encoder blocks and returns None.
         if self._encode_progress is not None:
             self._encode_progress.cancel()
         self._encode_key = None
@@ -1042,9 +1047,7 @@ class SamWidget(QWidget):
         start = time.perf_counter()
         per_box = self.per_box_check.isChecked() and n_boxes > 0
         if per_box:
-            from .interactive import predict_boxes
-
-            masks, scores = predict_boxes(predictor, boxes.boxes)
+            masks, scores = predictor.predict_boxes(boxes.boxes)
             self._objects = [
                 Candidate(f"box {i + 1}", mask, float(score), np.zeros(0))
                 for i, (mask, score) in enumerate(zip(masks, scores, strict=True))

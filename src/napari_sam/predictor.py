@@ -8,6 +8,7 @@ encodes any position; such points simply carry little meaning).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,19 +53,18 @@ class SamPredictor:
         self._embedding: ImageEmbedding | None = None
 
     # -- image ---------------------------------------------------------------------
-    def set_image(self, image: np.ndarray) -> None:
+    def set_image(
+        self, image: np.ndarray, on_block: Callable[[int, int], None] | None = None
+    ) -> None:
         """Embed an (H, W), (H, W, 3) or (H, W, 4) image of any dtype.
 
         Non-uint8 data is scaled to uint8 by robust percentiles (see `napari_sam.image`),
         then the longest side is resized to the model's input size and padded.
+        `on_block(done, total)` reports progress after each encoder block; an exception
+        raised from it stops the encoder and leaves no image set.
         """
         self._embedding = None
-        rgb = to_uint8_rgb(image)
-        resized = resize_longest_side(rgb, self.model.img_size)
-        pixels = torch.tensor(resized).permute(2, 0, 1)[None].to(self.model.device)
-        with torch.inference_mode():
-            features = self.model.encode_image(pixels)
-        self._embedding = ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
+        self._embedding = embed_image(self.model, image, on_block)
 
     @property
     def image_embedding(self) -> ImageEmbedding | None:
@@ -146,6 +146,26 @@ class SamPredictor:
                 low_res[0].float().cpu().numpy(),
             )
 
+    def predict_boxes(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One object per box, all decoded in one batch: (masks (B, H, W) bool, predicted
+        IoU (B,)). boxes: (B, 4) as (min_row, min_col, max_row, max_col), any corner order."""
+        embedding = self._require_embedding()
+        boxes = _finite_array(boxes, "boxes")
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (B, 4); got {boxes.shape}.")
+        height, width = embedding.original_size
+        if len(boxes) == 0:
+            return np.zeros((0, height, width), bool), np.zeros(0, np.float32)
+        xy = np.stack([self._box_to_model(box, embedding) for box in boxes])
+        with torch.inference_mode():
+            box_t = torch.as_tensor(xy, device=self.model.device)
+            low_res, iou = self.model.decode(embedding.features, None, box_t, None, False)
+            logits = self.model.postprocess_masks(
+                low_res, embedding.input_size, embedding.original_size
+            )
+            masks = logits[:, 0] > self.model.mask_threshold
+        return masks.cpu().numpy(), iou[:, 0].float().cpu().numpy()
+
     # -- conversion of prompts to the model's (x, y) input frame, done here only ----
     def _require_embedding(self) -> ImageEmbedding:
         if self._embedding is None:
@@ -209,6 +229,19 @@ class SamPredictor:
                 f"got {np.shape(mask_input)}."
             )
         return mask
+
+
+def embed_image(
+    model: Sam, image: np.ndarray, on_block: Callable[[int, int], None] | None = None
+) -> ImageEmbedding:
+    """The `ImageEmbedding` of a 2D image, as `SamPredictor.set_image` computes it; for
+    callers that cache embeddings (the plugin computes them in a worker thread)."""
+    rgb = to_uint8_rgb(image)
+    resized = resize_longest_side(rgb, model.img_size)
+    pixels = torch.tensor(resized).permute(2, 0, 1)[None].to(model.device)
+    with torch.inference_mode():
+        features = model.encode_image(pixels, on_block)
+    return ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
 
 
 def _finite_array(values, name: str) -> np.ndarray:

@@ -6,6 +6,8 @@ decomposed relative position bias can address rows and columns directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,8 +199,14 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, on_block: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """`on_block(done, total)` is called after each block: progress for a caller in
+        another thread, which may also raise from it to stop the computation."""
         x = self.patch_embed(x) + self.pos_embed
-        for block in self.blocks:
+        for done, block in enumerate(self.blocks, start=1):
             x = block(x)
+            if on_block is not None:
+                on_block(done, len(self.blocks))
         return self.neck(x.permute(0, 3, 1, 2))

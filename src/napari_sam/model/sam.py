@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,10 +54,13 @@ class Sam(nn.Module):
         height, width = normed.shape[-2:]
         return F.pad(normed, (0, self.img_size - width, 0, self.img_size - height))
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Preprocess and embed, in the image encoder's own dtype; returns float32."""
+    def encode_image(
+        self, image: torch.Tensor, on_block: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Preprocess and embed, in the image encoder's own dtype; returns float32.
+        `on_block(done, total)` reports progress after each encoder block."""
         dtype = self.image_encoder.patch_embed.proj.weight.dtype
-        return self.image_encoder(self.preprocess(image).to(dtype)).float()
+        return self.image_encoder(self.preprocess(image).to(dtype), on_block).float()
 
     def decode(
         self,
