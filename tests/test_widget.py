@@ -230,3 +230,48 @@ def test_keys_do_not_clash_with_napari_layer_bindings():
     taken = {str(kb) for bindings in default_shortcuts.values() for kb in bindings}
     ours = {str(KeyBinding.from_str(key)) for key in KEYS}
     assert not ours & taken
+
+
+def press(viewer, qtbot, key, modifier=None):
+    """A real key press on the canvas, dispatched by napari's own key handling."""
+    from qtpy.QtCore import Qt
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, key, modifier or Qt.KeyboardModifier.NoModifier)
+
+
+def test_keys_commit_and_ctrl_z_undoes_through_qt_events(widget, viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    add_point(widget, (40, 40))
+    assert widget.candidates
+    press(viewer, qtbot, Qt.Key.Key_K)  # commit
+    out = widget.output_layer
+    assert out is not None and out.data[40, 40] == 1
+    assert len(widget.points_layer.data) == 0  # prompts cleared after the commit
+    viewer.layers.selection.active = out
+    press(viewer, qtbot, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert out.data.max() == 0  # Ctrl+Z took the commit back
+    add_point(widget, (60, 60))
+    press(viewer, qtbot, Qt.Key.Key_Q)  # clear
+    assert len(widget.points_layer.data) == 0 and not widget.candidates
+
+
+def test_n_key_and_ctrl_click_make_negative_points(widget, viewer, qtbot):
+    from qtpy.QtCore import QPoint, Qt
+
+    points = widget.points_layer
+    viewer.layers.selection.active = points
+    points.mode = "add"
+    canvas = viewer.window._qt_viewer.canvas.native
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=centre)
+    qtbot.mouseClick(
+        canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier, pos=centre
+    )
+    press(viewer, qtbot, Qt.Key.Key_N)  # toggle: the next plain click is negative
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=centre + QPoint(5, 5))
+    press(viewer, qtbot, Qt.Key.Key_N)
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=centre + QPoint(9, 9))
+    assert points.features["polarity"].tolist() == ["positive", "negative", "negative", "positive"]
