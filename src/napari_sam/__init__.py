@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SamPredictor": "napari_sam.predictor",
     "ImageEmbedding": "napari_sam.predictor",
+    "AutomaticMaskGenerator": "napari_sam.automatic",
+    "MaskRecord": "napari_sam.automatic",
+    "masks_to_labels": "napari_sam.automatic",
     "Sam": "napari_sam.model",
     "SamConfig": "napari_sam.model",
     "build_sam": "napari_sam.model",
@@ -22,7 +25,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "AutomaticMaskGenerator",
     "ImageEmbedding",
+    "MaskRecord",
     "Sam",
     "SamConfig",
     "SamPredictor",
@@ -30,9 +35,11 @@ __all__ = [
     "available_devices",
     "build_sam",
     "load_model",
+    "masks_to_labels",
 ]
 
 if TYPE_CHECKING:
+    from .automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor
     from .zoo import available_devices, load_model
