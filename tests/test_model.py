@@ -227,3 +227,37 @@ def test_decoder_attention_folded_forms_equal_the_textbook_form(queries, keys):
     # (with few queries the key bias provably has no effect: it shifts a softmax's input)
     unused = {"k_proj.bias"} if queries < 8 < keys else set()
     assert {n for n, p in attn.named_parameters() if p.grad is None} == unused
+
+
+def test_iou_first_decoding_equals_full_decoding_for_kept_prompts(tiny_model):
+    features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    xy = torch.rand(6, 1, 2) * 256
+    points = (xy, torch.ones(6, 1, dtype=torch.int64))
+    with torch.inference_mode():
+        low, iou = tiny_model.decode(features, points, multimask_output=True)
+        threshold = iou.max(dim=1).values.median().item()
+        all_iou, rows, kept = tiny_model.decode_iou_first(
+            features, points, None, None, True, threshold
+        )
+    torch.testing.assert_close(all_iou, iou)
+    assert rows.tolist() == torch.nonzero((iou > threshold).any(1))[:, 0].tolist()
+    assert 0 < len(rows) < 6
+    torch.testing.assert_close(kept, low[rows], rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        _, none, empty = tiny_model.decode_iou_first(features, points, None, None, True, 1e9)
+    assert len(none) == 0 and empty.shape == (0, 3, 64, 64)
+
+
+def test_prompts_share_one_image_side_until_they_change_it(tiny_model):
+    """A batch of prompts against one image equals each prompt decoded alone."""
+    features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    xy = torch.rand(4, 2, 2) * 256
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0]])
+    with torch.inference_mode():
+        batch, batch_iou = tiny_model.decode(features, (xy, labels), multimask_output=False)
+        for i in range(4):
+            one, one_iou = tiny_model.decode(
+                features, (xy[i : i + 1], labels[i : i + 1]), multimask_output=False
+            )
+            torch.testing.assert_close(batch[i : i + 1], one, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(batch_iou[i : i + 1], one_iou, rtol=1e-4, atol=1e-5)

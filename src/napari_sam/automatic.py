@@ -326,10 +326,14 @@ class AutomaticMaskGenerator:
         xy = (rows_cols[:, ::-1] * np.array([in_w / crop_w, in_h / crop_h])).astype(np.float32)
         coords = torch.as_tensor(xy, device=device)[:, None]
         labels = torch.ones(len(xy), 1, dtype=torch.int64, device=device)
-        low, iou = self.model.decode(embedding.features, (coords, labels), None, None, True)
+        # Masks only for points with an output that can pass the IoU filter.
+        min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0 else -float("inf")
+        iou, rows, low = self.model.decode_iou_first(
+            embedding.features, (coords, labels), None, None, True, min_iou
+        )
         per_point = low.shape[1]
-        low, iou = low.flatten(0, 1).float(), iou.flatten(0, 1).float()
-        point_index = torch.arange(len(xy), device=device).repeat_interleave(per_point)
+        low, iou = low.flatten(0, 1).float(), iou[rows].flatten(0, 1).float()
+        point_index = rows.repeat_interleave(per_point)
 
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.pred_iou_thresh > 0:

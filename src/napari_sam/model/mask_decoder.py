@@ -76,6 +76,61 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' logits (B, 4, 4h, 4w) and IoU predictions (B, 4)."""
+        hs, src = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self._masks(hs, src, dense_prompt_embeddings.shape[-2:]), self._iou(hs)
+
+    def predict_iou_first(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        min_iou: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like `forward`, but mask logits only for the prompts whose predicted IoU
+        exceeds `min_iou` for at least one output: the IoU head needs no upscaling, so
+        a batch of prompts (segment everything) skips the costliest step for the rest.
+
+        Returns (IoU of every prompt (B, M), the kept prompt indices (K,), their mask
+        logits (K, M, 4h, 4w)).
+        """
+        hs, src = self._attend(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        iou = self._iou(hs)[:, chosen]
+        rows = torch.nonzero((iou > min_iou).any(dim=1))[:, 0]
+        if len(rows) == 0:
+            height, width = dense_prompt_embeddings.shape[-2:]
+            return iou, rows, iou.new_empty(0, iou.shape[1], 4 * height, 4 * width)
+        if src.shape[0] > 1:
+            src = src[rows]
+        masks = self._masks(hs[rows], src, dense_prompt_embeddings.shape[-2:])
+        return iou, rows, masks[:, chosen]
+
+    def _iou(self, hs: torch.Tensor) -> torch.Tensor:
+        return self.iou_prediction_head(hs[:, 0])
+
+    def _masks(self, hs: torch.Tensor, src: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        classifiers = torch.stack(
+            [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        grid_tokens = src.view(-1, *grid, src.shape[-1]).expand(len(hs), -1, -1, -1)
+        return self._upscale_and_classify(grid_tokens, classifiers)
+
+    def _attend(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer: updated tokens (B, T, C) and image locations
+        (B, h*w, C). Without a mask prompt the image side starts as one shared copy."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat(
@@ -86,15 +141,7 @@ class MaskDecoder(nn.Module):
             dim=1,
         )
         src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
-        hs, src = self.transformer(src, image_pe.to(src.dtype), tokens)
-        iou_out, mask_out = hs[:, 0], hs[:, 1 : 1 + self.num_mask_tokens]
-
-        height, width = dense_prompt_embeddings.shape[-2:]
-        classifiers = torch.stack(
-            [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
-        masks = self._upscale_and_classify(src.view(-1, height, width, src.shape[-1]), classifiers)
-        return masks, self.iou_prediction_head(iou_out)
+        return self.transformer(src, image_pe.to(src.dtype), tokens)
 
     def _upscale_and_classify(self, grid: torch.Tensor, classifiers: torch.Tensor) -> torch.Tensor:
         """Apply `output_upscaling` to a (B, h, w, C) grid and every mask token's linear

@@ -125,7 +125,7 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sparse tokens (B, N, C), dense embedding (B, C, h, w)).
+        """Return (sparse tokens (B, N, C), dense embedding (B or 1, C, h, w)).
 
         points: ((B, N, 2) xy, (B, N) labels 1 = foreground, 0 = background, -1 = padding);
         boxes: (B, 4) x0, y0, x1, y1; masks: (B, 1, 4h, 4w) low-resolution logits.
@@ -143,5 +143,6 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks.to(weight.dtype))
         else:
-            dense = weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+            # One copy for all prompts: the decoder broadcasts it (batch 1).
+            dense = weight.reshape(1, -1, 1, 1).expand(1, -1, *self.image_embedding_size)
         return torch.cat(sparse, dim=1), dense

@@ -80,6 +80,28 @@ class Sam(nn.Module):
             multimask_output,
         )
 
+    def decode_iou_first(
+        self,
+        image_embeddings: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        min_iou: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`decode` for large prompt batches: (IoU (B, M), indices of the prompts with
+        an output above `min_iou` (K,), their low-res logits (K, M, 256, 256)); the
+        others' masks are never computed."""
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return self.mask_decoder.predict_iou_first(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output,
+            min_iou,
+        )
+
     def postprocess_masks(
         self,
         masks: torch.Tensor,

@@ -45,6 +45,8 @@ class Attention(nn.Module):
 
     def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Textbook form: project all three, attend per head, project back."""
+        batch = max(q.shape[0], k.shape[0])  # one side may be shared by all prompts
+        q, k, v = (t.expand(batch, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(
             self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
         )
@@ -73,8 +75,9 @@ class Attention(nn.Module):
         """Many queries, few keys. Per head, (q W_q + b_q) . k_h = q . (W_q k_h) + b_q . k_h,
         and the output projection distributes over the weighted sum of values, so it is
         applied to the few values first: the long side meets two thin matrix products."""
-        batch, queries, dim = q.shape
-        keys = k.shape[1]
+        _, queries, dim = q.shape
+        batch, keys = max(q.shape[0], k.shape[0]), k.shape[1]
+        k, v = k.expand(batch, -1, -1), v.expand(batch, -1, -1)
         heads = self.num_heads
         head_dim = self.q_proj.out_features // heads
         scale = head_dim**-0.5
@@ -85,7 +88,8 @@ class Attention(nn.Module):
         key_bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(heads, head_dim), k_heads)
         # Logits laid out (B, heads, keys, queries): the softmax over the few keys then
         # runs along contiguous rows of queries, which vectorises.
-        logits = torch.baddbmm(key_bias.reshape(batch, -1, 1) * scale, folded, q.transpose(1, 2))
+        # matmul, not baddbmm: q may be one image shared by all prompts (batch 1)
+        logits = folded @ q.transpose(1, 2) + key_bias.reshape(batch, -1, 1) * scale
         weights = logits.view(batch, heads, keys, queries).softmax(dim=2)
         w_o = self.out_proj.weight.view(-1, heads, head_dim)
         values_out = torch.einsum("bkhd,ohd->bhko", v_heads, w_o).reshape(batch, heads * keys, -1)
