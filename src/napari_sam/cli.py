@@ -3,6 +3,7 @@
 napari-sam models              names, sizes, licences, whether cached
 napari-sam download NAME...    fetch and verify into the cache folder
 napari-sam info                versions, devices, cache folder
+napari-sam finetune ...        fine-tune a model on image/label files (finetune -h)
 """
 
 from __future__ import annotations
@@ -91,6 +92,111 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _read_array(path: str):
+    """An image or label file as a numpy array: .npy, .tif/.tiff (tifffile), else any
+    format imageio reads (png, jpg, ...)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
+def _is_rgb(image, labels) -> bool:
+    return image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import math
+    import time
+
+    import numpy as np
+
+    from .training.finetuning import finetune, labelled_slices
+    from .zoo import load_model
+
+    if len(args.images) != len(args.labels):
+        print(
+            f"napari-sam: got {len(args.images)} images but {len(args.labels)} label files; "
+            "give one label file per image, in the same order.",
+            file=sys.stderr,
+        )
+        return 2
+    pairs = []
+    try:
+        for image_path, labels_path in zip(args.images, args.labels, strict=True):
+            image, labels = _read_array(image_path), _read_array(labels_path)
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{labels_path} holds {labels.dtype} values, not label ids.")
+            try:
+                pairs += labelled_slices(image, labels, rgb=_is_rgb(image, labels))
+            except ValueError as error:
+                raise ValueError(f"{image_path} / {labels_path}: {error}") from None
+        model = load_model(
+            args.model,
+            device=args.device,
+            dtype="float32" if args.full else "auto",
+            progress=False if args.quiet else None,
+        )
+    except (OSError, ValueError, LookupError, RuntimeError) as error:
+        print(f"napari-sam: {error}", file=sys.stderr)
+        return 1
+    if not pairs:
+        print("napari-sam: the label files hold no labels to train on.", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    every = max(1, args.steps // 20)
+
+    def report(step: int, total: int, stats: dict) -> None:
+        if not args.quiet and (step % every == 0 or step == total):
+            print(
+                f"step {step}/{total}  loss {stats['loss']:.3f}  "
+                f"{time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        result = finetune(
+            model,
+            pairs,
+            steps=args.steps,
+            decoder_only=not args.full,
+            out_path=args.out,
+            progress=report,
+            holdout=args.holdout,
+            seed=args.seed,
+            learning_rate=args.lr,
+            metadata={"base_model": str(args.model)},
+        )
+    except ValueError as error:
+        print(f"napari-sam: {error}", file=sys.stderr)
+        return 1
+
+    def iou(value: float) -> str:
+        return "n/a (no held-out objects)" if math.isnan(value) else f"{value:.3f}"
+
+    print(
+        f"{len(pairs)} 2D examples: {result.training_objects} objects for training, "
+        f"{result.held_out_objects} held out"
+    )
+    print(
+        f"single-click IoU on held-out objects: before {iou(result.before_iou)}, after "
+        f"{iou(result.after_iou)}"
+    )
+    print(f"saved {result.path}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-sam", description="Segment Anything models for napari-sam-labeler."
@@ -106,6 +212,31 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="versions, devices and the cache folder").set_defaults(
         run=_info
     )
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model on images and their instance labels",
+        description="Fine-tune a SAM model on images and instance label images (tiff, png, "
+        "npy; nD files are cut into 2D slices along their leading axes). A share of the "
+        "labelled objects is held out to measure single-click IoU before and after.",
+    )
+    tune.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files")
+    tune.add_argument(
+        "--labels", nargs="+", required=True, metavar="LBL", help="label files, one per image"
+    )
+    tune.add_argument("--model", required=True, help="model name (see models) or checkpoint")
+    tune.add_argument("--out", required=True, help="where to save the fine-tuned checkpoint")
+    tune.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    tune.add_argument(
+        "--full", action="store_true", help="train the image encoder too (default: decoder)"
+    )
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    tune.add_argument(
+        "--holdout", type=float, default=0.2, help="share of objects held out (default 0.2)"
+    )
+    tune.add_argument("--lr", type=float, default=None, help="learning rate")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    tune.set_defaults(run=_finetune)
     # Listed here for help; its own arguments are parsed by napari_sam._demo.
     commands.add_parser(
         "demo", help="open napari with a sample image and the widget (demo -h for options)"

@@ -1,0 +1,335 @@
+"""Fine-tuning a SAM model on a user's own (image, instance labels) pairs: the logic the
+"Fine-tune SAM" widget and `napari-sam finetune` share.
+
+>>> from napari_sam import load_model
+>>> from napari_sam.training import finetune
+>>> model = load_model("vit_b_lm")
+>>> result = finetune(model, [(image, labels)], steps=200, out_path="mine.pt")
+>>> result.before_iou, result.after_iou        # single-click IoU on held-out objects
+>>> load_model("mine.pt")                      # config stored in the file
+
+Held-out objects: a deterministic `holdout` share of all annotated objects (of all
+images together, drawn with `seed`) is removed from the training labels and used only to
+measure single-click IoU before and after training. Held-out objects keep their pixels
+in the training images, but are never a training target.
+
+No napari, no Qt: numpy in, a checkpoint file out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import Sam
+from ..view import extract_view
+from .data import LabelledImage, from_pairs
+from .evaluate import single_click_iou
+from .loop import Progress, TrainingConfig, train
+
+__all__ = [
+    "FinetuneResult",
+    "finetune",
+    "finetuned_models",
+    "labelled_slices",
+    "register_finetuned",
+    "save_finetuned",
+    "split_holdout",
+    "unregister_finetuned",
+]
+
+METADATA_KEY = "napari_sam_finetune"  # ignored by checkpoint readers
+
+Pair = LabelledImage | tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run achieved.
+
+    `before_iou` / `after_iou`: mean single-click IoU on the held-out objects (nan when
+    none were held out, or after a cancelled run). `path`: the checkpoint written (None
+    when cancelled or no `out_path` was given). `steps_done` < `steps` when cancelled.
+    """
+
+    before_iou: float
+    after_iou: float
+    path: Path | None
+    steps_done: int
+    steps: int
+    cancelled: bool
+    training_objects: int
+    held_out_objects: int
+    history: list[dict] = field(default_factory=list, repr=False)
+
+
+# -- examples ----------------------------------------------------------------------------
+def labelled_slices(
+    image: np.ndarray,
+    labels: np.ndarray,
+    displayed: Sequence[int] | None = None,
+    slice_index: dict[int, int] | None = None,
+    *,
+    rgb: bool = False,
+    skip_empty: bool = True,
+) -> list[LabelledImage]:
+    """2D training examples from an nD image and its labels of the same spatial shape.
+
+    `displayed`: the two (row, col) axes of a 2D example; by default the last two spatial
+    axes. `slice_index`: {axis: index} of one 2D slice; None takes every slice (each one a
+    separate example). `rgb`: the image's last axis is colour. Slices without any label
+    are skipped when `skip_empty`.
+    """
+    image = np.asarray(image) if not hasattr(image, "shape") else image
+    spatial = tuple(image.shape[:-1] if rgb else image.shape)
+    if tuple(labels.shape) != spatial:
+        raise ValueError(
+            f"The labels' shape {tuple(labels.shape)} differs from the image's spatial shape "
+            f"{spatial}: pick the labels drawn on this image."
+        )
+    ndim = len(spatial)
+    if ndim < 2:
+        raise ValueError(f"Need 2D or nD images, got a {ndim}D one.")
+    displayed = tuple(range(ndim - 2, ndim)) if displayed is None else tuple(displayed)
+    others = [axis for axis in range(ndim) if axis not in displayed]
+    if slice_index is not None:
+        views = [{axis: int(slice_index[axis]) for axis in others}]
+    else:
+        views = [
+            dict(zip(others, index, strict=True))
+            for index in itertools.product(*(range(spatial[axis]) for axis in others))
+        ]
+    examples = []
+    for view in views:
+        plane_labels = extract_view(labels, displayed, view)
+        if skip_empty and not np.any(plane_labels):
+            continue
+        plane = extract_view(image, displayed, view, rgb=rgb)
+        examples.append(LabelledImage(np.asarray(plane), [np.asarray(plane_labels)]))
+    return examples
+
+
+def _as_item(pair: Pair) -> LabelledImage:
+    if isinstance(pair, LabelledImage):
+        return pair
+    image, labels = pair
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(
+            f"Labels must be 2D (got {labels.ndim}D); use labelled_slices() to cut nD data "
+            "into 2D examples."
+        )
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise ValueError(f"Labels must be integer instance ids, got dtype {labels.dtype}.")
+    return LabelledImage(np.asarray(image), [labels.astype(np.int64, copy=False)])
+
+
+def split_holdout(
+    items: Sequence[LabelledImage], holdout: float = 0.2, seed: int = 0
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(training items, held-out items): `round(holdout * n)` of the n objects of the
+    first level (at least 1 and at most n - 1 when 0 < holdout and n >= 2), drawn with
+    `seed` from all items together. Held-out objects, and finer-level objects inside them,
+    are zeroed in the training labels; the held-out labels hold only them."""
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must lie in [0, 1), got {holdout}.")
+    objects = [
+        (index, int(object_id))
+        for index, item in enumerate(items)
+        for object_id in np.unique(item.levels[0])
+        if object_id != 0
+    ]
+    count = round(holdout * len(objects))
+    if holdout > 0 and len(objects) >= 2:
+        count = min(max(count, 1), len(objects) - 1)
+    order = np.random.default_rng(seed).permutation(len(objects))
+    held: dict[int, list[int]] = {}
+    for k in order[:count]:
+        index, object_id = objects[k]
+        held.setdefault(index, []).append(object_id)
+    training, held_out = [], []
+    for index, item in enumerate(items):
+        ids = held.get(index, [])
+        inside = np.isin(item.levels[0], ids)
+        kept = [np.where(inside, 0, level) for level in item.levels]
+        if np.any(kept[0]):
+            training.append(LabelledImage(item.image, kept))
+        if ids:
+            only = [np.where(inside, level, 0) for level in item.levels]
+            held_out.append(LabelledImage(item.image, only))
+    return training, held_out
+
+
+def _count_objects(items: Iterable[LabelledImage]) -> int:
+    return sum(int(np.count_nonzero(np.unique(item.levels[0]))) for item in items)
+
+
+def _held_out_iou(model: Sam, items: Sequence[LabelledImage], seed: int) -> float:
+    if not items:
+        return float("nan")
+    # One click on every held-out object (each image has at most this many).
+    clicks = max(int(np.count_nonzero(np.unique(item.levels[0]))) for item in items)
+    with torch.no_grad():
+        return single_click_iou(model, items, clicks_per_image=clicks, seed=seed)
+
+
+# -- checkpoints -------------------------------------------------------------------------
+def save_finetuned(model: Sam, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write `model` as a plain SAM state_dict plus its `config` (so `load_model(path)`
+    rebuilds it without being told the architecture) and optional plain-data metadata.
+    Written to a temporary file first, then renamed: never a half-written checkpoint."""
+    if model.config is None:
+        raise ValueError("The model has no config to store; build it with build_sam(config).")
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state: dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    state["config"] = model.config.to_dict()
+    if metadata:
+        state[METADATA_KEY] = metadata
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+_lock = threading.Lock()
+_finetuned: dict[str, Path] = {}
+
+
+def register_finetuned(path: str | os.PathLike, name: str | None = None) -> str:
+    """List a fine-tuned checkpoint as a model choice (in this Python session): the
+    "Segment Anything" widget offers it. Returns the name it is listed under (the file's
+    stem by default, made unique with a number where another file has it)."""
+    path = Path(path).expanduser().resolve()
+    base = name or path.stem
+    with _lock:
+        names = itertools.chain([base], (f"{base}-{i}" for i in itertools.count(2)))
+        for candidate in names:
+            if _finetuned.get(candidate, path) == path:
+                _finetuned[candidate] = path
+                return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def unregister_finetuned(name: str) -> None:
+    with _lock:
+        _finetuned.pop(name, None)
+
+
+def finetuned_models() -> dict[str, Path]:
+    """The registered fine-tuned checkpoints, by name, in the order they were added."""
+    with _lock:
+        return dict(_finetuned)
+
+
+# -- the run -------------------------------------------------------------------------------
+def default_config(steps: int, decoder_only: bool, seed: int = 0) -> TrainingConfig:
+    """Settings for fine-tuning a pretrained model: a modest learning rate (higher when
+    only the small decoder trains), one correction round, a short warm-up."""
+    return TrainingConfig(
+        steps=steps,
+        batch_size=2,
+        objects_per_image=8,
+        correction_rounds=1,
+        box_fraction=0.3,
+        learning_rate=3e-4 if decoder_only else 3e-5,
+        warmup_steps=max(1, min(20, steps // 10)),
+        freeze_encoder=decoder_only,
+        scale_range=(0.5, 2.0),
+        seed=seed,
+    )
+
+
+def finetune(
+    model: Sam,
+    pairs: Sequence[Pair],
+    steps: int = 100,
+    decoder_only: bool = True,
+    out_path: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+    *,
+    learning_rate: float | None = None,
+    config: TrainingConfig | None = None,
+    register: bool = True,
+    metadata: dict | None = None,
+) -> FinetuneResult:
+    """Fine-tune `model` in place on 2D (image, instance labels) pairs (or
+    `LabelledImage`s; see `labelled_slices` for nD data), measuring single-click IoU on
+    held-out objects before and after (see `split_holdout`).
+
+    - `decoder_only`: train the prompt encoder and mask decoder only (fast, even on a
+      CPU); else everything (the model is converted to float32 first).
+    - `progress(step, steps, stats)` after every step; `should_stop()` is polled between
+      steps: a cancelled run stops there, writes nothing and reports `cancelled`.
+    - `out_path`: where to save the checkpoint (see `save_finetuned`); `register` lists it
+      as a model choice of the widget (`finetuned_models`).
+    - `learning_rate`: overrides the default (3e-4 decoder-only, 3e-5 full).
+    - `config`: full control over the training settings (`steps`, `decoder_only` and
+      `seed` then come from it).
+    """
+    items = [_as_item(pair) for pair in pairs]
+    if not items:
+        raise ValueError("No training data: give at least one (image, labels) pair.")
+    config = config or default_config(steps, decoder_only, seed)
+    if learning_rate is not None:
+        config = dataclasses.replace(config, learning_rate=learning_rate)
+    if config.steps < 1:
+        raise ValueError(f"Fine-tuning needs at least 1 step, got {config.steps}.")
+    training, held_out = split_holdout(items, holdout, config.seed)
+    if not training:
+        raise ValueError(
+            "The labels hold no objects to train on: annotate some objects (non-zero "
+            "labels) first, or hold out fewer."
+        )
+    if not config.freeze_encoder:
+        model.float()  # AdamW on bfloat16 weights would lose small updates
+    model.eval()
+    before = _held_out_iou(model, held_out, config.seed)
+    history = train(model, from_pairs(training), config, progress, should_stop)
+    done = history[-1]["step"] if history else 0
+    result = FinetuneResult(
+        before_iou=before,
+        after_iou=float("nan"),
+        path=None,
+        steps_done=done,
+        steps=config.steps,
+        cancelled=done < config.steps,
+        training_objects=_count_objects(training),
+        held_out_objects=_count_objects(held_out),
+        history=history,
+    )
+    if result.cancelled:
+        return result
+    result.after_iou = _held_out_iou(model, held_out, config.seed)
+    if out_path is not None:
+        info = {
+            "steps": config.steps,
+            "decoder_only": bool(config.freeze_encoder),
+            "holdout": float(holdout),
+            "seed": int(config.seed),
+            "before_iou": _plain(result.before_iou),
+            "after_iou": _plain(result.after_iou),
+            "training_objects": result.training_objects,
+            "held_out_objects": result.held_out_objects,
+            **(metadata or {}),
+        }
+        result.path = save_finetuned(model, out_path, info)
+        if register:
+            register_finetuned(result.path)
+    return result
+
+
+def _plain(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
