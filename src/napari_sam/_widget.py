@@ -309,6 +309,10 @@ class SamWidget(QWidget):
             except Exception:  # a broken cache folder must not break the widget
                 cached = False
             self.model_combo.addItem(f"{name} (cached)" if cached else name, name)
+        from .training.finetuning import finetuned_models
+
+        for name, path in finetuned_models().items():  # loaded by path
+            self.model_combo.addItem(f"{name} (fine-tuned)", str(path))
         self.model_combo.addItem(LOCAL_FILE, LOCAL_FILE)
         cached = [
             i
@@ -317,6 +321,15 @@ class SamWidget(QWidget):
         ]
         if cached:
             self.model_combo.setCurrentIndex(cached[0])
+
+    def refresh_model_choices(self, select: str | None = None) -> None:
+        """Re-read the model choices (e.g. after fine-tuning); `select` picks one by name
+        or path, else the current choice stays."""
+        current = self.model_combo.currentData() if select is None else select
+        self._fill_model_choices()
+        index = self.model_combo.findData(current)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
 
     def _fill_devices(self) -> None:
         from .zoo import available_devices
