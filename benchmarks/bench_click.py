@@ -38,8 +38,10 @@ def main() -> None:
         return reference.predict(point_coords=point[None, ::-1], point_labels=np.array([1]))
 
     ours_click(), theirs_click()  # warm-up
-    ours_times = [timed(lambda p=p: ours_click(p), 1)[0] for p in clicks]
-    theirs_times = [timed(lambda p=p: theirs_click(p), 1)[0] for p in clicks]
+    ours_times, theirs_times = [], []
+    for p in clicks:  # interleaved: both see the same machine load
+        ours_times.append(timed(lambda p=p: ours_click(p), 1)[0])
+        theirs_times.append(timed(lambda p=p: theirs_click(p), 1)[0])
     ours_ms, theirs_ms = 1e3 * np.median(ours_times), 1e3 * np.median(theirs_times)
     masks = ours_click().masks
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, masks {masks.shape}")
