@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -52,23 +51,6 @@ def _notify(message: str, level: str = "info") -> None:
     from napari.utils.notifications import show_error, show_info, show_warning
 
     {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
-
-
-def _hide_triton_if_llvm_is_loaded() -> None:
-    """Mesa's OpenGL drivers (llvmpipe, radeonsi), which napari's canvas may use, load the
-    system's libLLVM; loading triton's own LLVM after it (torch.optim imports
-    torch._dynamo, which imports triton where it is installed) crashes the process.
-    Training runs eagerly and needs no triton, so where a libLLVM is already loaded and
-    triton is not, triton is hidden from this process (torch then reports it absent)."""
-    if "triton" in sys.modules:
-        return
-    try:
-        with open("/proc/self/maps") as maps:
-            loaded = any("libLLVM" in line for line in maps)
-    except OSError:  # not Linux: no such clash seen
-        return
-    if loaded:
-        sys.modules["triton"] = None
 
 
 class _UserError(Exception):
@@ -436,7 +418,6 @@ class FinetuneWidget(QWidget):
         decoder_only = self.mode_combo.currentText() != FULL
         holdout = self.holdout_spin.value() / 100
         out_path = self._out_path(base)
-        _hide_triton_if_llvm_is_loaded()
         self.result = None
         self._stop.clear()
         self._progress = cancelable_progress(
