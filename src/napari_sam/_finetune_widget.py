@@ -462,12 +462,14 @@ class FinetuneWidget(QWidget):
 
     def _on_step(self, step: int, total: int, loss: float) -> None:
         pbar = self._progress
-        if pbar is None:
+        if pbar is None or self.result is not None:  # a late signal: the run is over
             return
+        # Status first: updating the progress bar can process pending events (the end of
+        # the run among them), whose status must win.
+        self._set_status(f"Step {step}/{total}, loss {loss:.3f}")
         if pbar.desc != "SAM fine-tune: training":
             pbar.set_description("SAM fine-tune: training")
         pbar.update(step - pbar.n)
-        self._set_status(f"Step {step}/{total}, loss {loss:.3f}")
 
     def _on_returned(self, result) -> None:
         self.result = result
