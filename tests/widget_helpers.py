@@ -44,7 +44,7 @@ def disc_decode(self, features, points=None, boxes=None, mask_input=None, multim
     step = self.img_size / grid
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * step
     yy, xx = torch.meshgrid(centres, centres, indexing="ij")
-    batch = 1 if boxes is None else boxes.shape[0]
+    batch = points[0].shape[0] if points is not None else boxes.shape[0]
     radii = RADII if multimask else RADII[1:2]
     out = torch.full((batch, len(radii), grid, grid), -10.0)
     for b in range(batch):
@@ -80,4 +80,11 @@ def disc_model(seed: int = 1):
     torch.manual_seed(0)
     model = randomize_(build_sam(TINY).eval(), seed=seed)
     model.decode = types.MethodType(disc_decode, model)
+
+    def decode_iou_first(self, features, points, boxes, mask_input, multimask, min_iou):
+        low, iou = disc_decode(self, features, points, boxes, mask_input, multimask)
+        rows = torch.nonzero((iou > min_iou).any(dim=1))[:, 0]
+        return iou, rows, low[rows]
+
+    model.decode_iou_first = types.MethodType(decode_iou_first, model)
     return model

@@ -289,6 +289,11 @@ class SamWidget(QWidget):
         commit_row.addWidget(self.clear_button)
         layout.addLayout(commit_row)
 
+        from ._everything import SegmentEverythingPanel
+
+        self.everything = SegmentEverythingPanel(self)
+        layout.addWidget(self.everything)
+
         self.status_label = QLabel("Load a model, then click on an object.")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
@@ -915,8 +920,16 @@ class SamWidget(QWidget):
             self._encode_progress.cancel()
         self._encode_key = None
 
+    def segment_everything(self, wait: bool = True):
+        """Automatic masks for the view on screen (or every slice, with the panel's
+        option) into a new Labels layer, which later commits also go to. Returns that
+        layer when `wait`."""
+        return self.everything.run(wait=wait)
+
     def cancel(self) -> None:
-        """Stop model loading and image encoding (between encoder blocks)."""
+        """Stop model loading, image encoding (between encoder blocks) and segment
+        everything (between batches)."""
+        self.everything.cancel()
         self._cancel_encoding()
         if self._load_worker is not None:
             self._load_cancelled = True

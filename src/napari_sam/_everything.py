@@ -1,0 +1,241 @@
+"""The "Segment everything" panel of the Segment Anything widget: automatic masks for
+the 2D view on screen, or for every slice of nD data, into a new Labels layer.
+
+Kept apart from `_widget.py`, which it uses through a few of the widget's methods (the
+view on screen, its image, the model, the output layer).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .view import ViewSpec
+
+if TYPE_CHECKING:
+    from ._widget import SamWidget
+
+# Defaults for microscopy: Meta's thresholds (0.88 / 0.95) drop many faint or textured
+# cells; slightly lower ones keep them, and specks below 16 px are removed.
+MICROSCOPY_DEFAULTS = {
+    "points_per_side": 32,
+    "pred_iou_thresh": 0.8,
+    "stability_score_thresh": 0.9,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 16,
+}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class SegmentEverythingPanel(QWidget):
+    """Button, "every slice" option and a collapsed "advanced" box of filters."""
+
+    def __init__(self, sam: SamWidget) -> None:
+        super().__init__()
+        self.sam = sam
+        self._worker = None
+        self._progress = None
+        self.result_layer = None
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Segment everything")
+        self.run_button.setToolTip("Automatic masks from a grid of points, into a new layer")
+        self.run_button.clicked.connect(self.run)
+        self.all_slices_check = QCheckBox("every slice")
+        row.addWidget(self.run_button)
+        row.addWidget(self.all_slices_check)
+        layout.addLayout(row)
+
+        self.advanced = QGroupBox("advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setChecked(False)
+        form = QFormLayout(self.advanced)
+        self.points_spin = QSpinBox(minimum=1, maximum=128)
+        self.points_spin.setValue(MICROSCOPY_DEFAULTS["points_per_side"])
+        self.iou_spin = self._fraction(MICROSCOPY_DEFAULTS["pred_iou_thresh"])
+        self.stability_spin = self._fraction(MICROSCOPY_DEFAULTS["stability_score_thresh"])
+        self.nms_spin = self._fraction(MICROSCOPY_DEFAULTS["box_nms_thresh"])
+        self.area_spin = QSpinBox(minimum=0, maximum=1_000_000)
+        self.area_spin.setValue(MICROSCOPY_DEFAULTS["min_mask_region_area"])
+        self._fields = {
+            "points per side": self.points_spin,
+            "predicted IoU >": self.iou_spin,
+            "stability >=": self.stability_spin,
+            "overlap (NMS) <": self.nms_spin,
+            "min. area (px)": self.area_spin,
+        }
+        for label, field in self._fields.items():
+            form.addRow(label, field)
+        self.advanced.toggled.connect(self._show_advanced)
+        self._show_advanced(False)
+        layout.addWidget(self.advanced)
+
+    @staticmethod
+    def _fraction(value: float) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.01, decimals=2)
+        spin.setValue(value)
+        return spin
+
+    def _show_advanced(self, shown: bool) -> None:
+        for field in self._fields.values():
+            field.setVisible(shown)
+            label = self.advanced.layout().labelForField(field)
+            if label is not None:
+                label.setVisible(shown)
+
+    def parameters(self) -> dict:
+        return {
+            "points_per_side": self.points_spin.value(),
+            "pred_iou_thresh": self.iou_spin.value(),
+            "stability_score_thresh": self.stability_spin.value(),
+            "box_nms_thresh": self.nms_spin.value(),
+            "min_mask_region_area": self.area_spin.value(),
+        }
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def cancel(self) -> None:
+        if self._progress is not None:
+            self._progress.cancel()
+
+    # -- running ---------------------------------------------------------------------
+    def _views(self, layer, current: ViewSpec) -> list[ViewSpec]:
+        """The view on screen, or every combination of the non-displayed axes (the
+        channel axis, when channels are picked, stays where it is)."""
+        if not self.all_slices_check.isChecked():
+            return [current]
+        channel_axis = self.sam._channel_axis(layer)
+        shape = self.sam._spatial_shape(layer)
+        axes = [a for a in current.slice_index if a != channel_axis]
+        ranges = [range(shape[a]) for a in axes]
+        views = []
+        for combo in itertools.product(*ranges):
+            index = dict(current.slice_index)
+            index.update(zip(axes, combo, strict=True))
+            views.append(ViewSpec(current.displayed, index))
+        return views
+
+    def run(self, wait: bool = False):
+        """Segment the view on screen (or every slice) into a new Labels layer; returns
+        that layer when `wait` (None if there was nothing to do or it was cancelled)."""
+        from ._widget import _UserError
+
+        try:
+            self._start()
+        except (_UserError, ValueError) as error:
+            self.sam._user_error(error)
+            return None
+        if wait:
+            self.sam._wait_for(lambda: self._worker is None)
+            return self.result_layer
+        return None
+
+    def _start(self) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils import cancelable_progress
+
+        from .automatic import AutomaticMaskGenerator
+
+        if self._worker is not None:
+            return
+        model = self.sam._require_ready()
+        if model is None:
+            return
+        layer = self.sam._image_layer
+        views = self._views(layer, self.sam._view_spec(layer))
+        # Checked here, in the GUI thread, so bad settings become a message at once.
+        generator = AutomaticMaskGenerator(model, **self.parameters())
+        jobs = []  # (view, cache key, image, cached embedding or None)
+        for view in views:
+            key, image = self.sam._embedding_key(layer, view)
+            if image is None:
+                image = self.sam._view_image(layer, view)
+            jobs.append((view, key, image, self.sam.cache.get(key)))
+        shape = self.sam._spatial_shape(layer)
+        progress = cancelable_progress(total=len(jobs), desc="SAM: segment everything")
+        self._progress = progress
+
+        def cancelled() -> bool:
+            return progress.is_canceled
+
+        def work():
+            from .automatic import GenerationCancelled, masks_to_labels
+            from .predictor import embed_image
+            from .view import mask_indices
+
+            labels = np.zeros(shape, np.int32)
+            next_id = 1
+            for done, (view, key, image, embedding) in enumerate(jobs, start=1):
+                if cancelled():
+                    return None
+                if embedding is None:  # computed here, and kept for the clicks to come
+                    embedding = embed_image(model, image)
+                    self.sam.cache.put(key, embedding)
+                try:
+                    records = generator.generate(image, embedding=embedding, cancelled=cancelled)
+                except GenerationCancelled:
+                    return None
+                plane = masks_to_labels(records, image.shape[:2])
+                found = plane > 0
+                indices = mask_indices(found, view.displayed, view.slice_index, len(shape))
+                labels[indices] = plane[found] + (next_id - 1)
+                next_id += int(plane.max(initial=0))
+                yield done
+            return labels
+
+        worker = create_worker(work, _ignore_errors=True)
+        worker.yielded.connect(lambda done: progress.update(done - progress.n))
+        worker.returned.connect(lambda labels: self._finish(layer, labels))
+        worker.errored.connect(self.sam._user_error)
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self.run_button.setEnabled(False)
+        self.sam._set_status("Segmenting everything...")
+        worker.start()
+
+    def _finish(self, image_layer, labels) -> None:
+        from napari.layers import Labels
+
+        from ._widget import _notify, _transform_kwargs
+
+        if labels is None:
+            self.sam._set_status("Segment everything cancelled.")
+            return
+        layer = Labels(labels, name=f"{image_layer.name} everything",
+                       **_transform_kwargs(image_layer))  # fmt: skip
+        self.sam.viewer.add_layer(layer)
+        self.result_layer = layer
+        # Clicks committed afterwards land in this layer, with ids above the automatic ones.
+        self.sam.output_layer = layer
+        count = len(np.unique(labels)) - 1
+        if count == 0:
+            _notify("Segment everything found no objects; try lower thresholds under "
+                    "'advanced'.", "info")  # fmt: skip
+        self.sam._set_status(f"Segment everything: {count} objects.")
+
+    def _finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = None
+        self._worker = None
+        self.run_button.setEnabled(True)

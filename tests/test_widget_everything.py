@@ -1,0 +1,80 @@
+"""The "Segment everything" panel of the widget (disc decoder: known masks)."""
+
+import numpy as np
+
+from widget_helpers import add_point, coins, disc_model, open_widget
+
+
+def blobs_stack(depth=3):
+    return np.stack([np.roll(coins(), 20 * z, axis=1) for z in range(depth)])
+
+
+def test_segment_everything_writes_a_new_layer_and_later_commits_go_above(make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels_before = viewer.add_labels(np.zeros(coins().shape, np.int32), name="mine")
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    widget.everything.points_spin.setValue(8)
+    # the disc decoder's soft edges (1 logit per px) are less stable than 0.9
+    widget.everything.stability_spin.setValue(0.8)
+    layer = widget.segment_everything(wait=True)
+    assert layer is not None and layer is not labels_before and layer.name == "coins everything"
+    assert layer.data.shape == coins().shape
+    count = len(np.unique(layer.data)) - 1
+    assert count >= 5  # discs around the grid points, de-duplicated
+    assert not labels_before.data.any()  # the user's labels are untouched
+    assert widget.output_layer == layer
+    automatic_max = int(layer.data.max())
+    add_point(widget, (150, 190))
+    widget.overwrite_check.setChecked(True)
+    (new_id,) = widget.commit()  # a click afterwards works as before
+    assert new_id == automatic_max + 1 == layer.data.max()
+
+
+def test_nothing_to_find_gives_an_empty_layer_and_a_message(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    widget.everything.points_spin.setValue(4)
+    widget.everything.iou_spin.setValue(0.99)  # above every predicted IoU
+    layer = widget.segment_everything(wait=True)
+    assert layer is not None and not layer.data.any()
+    assert "0 objects" in widget.status_label.text()
+
+
+def test_every_slice_of_a_stack_gets_its_own_objects(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_stack(3), name="stack")
+    widget = open_widget(viewer, disc_model())
+    widget.everything.points_spin.setValue(4)
+    widget.everything.stability_spin.setValue(0.8)
+    widget.everything.all_slices_check.setChecked(True)
+    layer = widget.segment_everything(wait=True)
+    assert layer.data.shape == blobs_stack(3).shape
+    ids = [set(np.unique(layer.data[z])) - {0} for z in range(3)]
+    assert all(ids)  # objects on every slice
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # ids unique across slices
+
+
+def test_bad_settings_are_a_message_not_a_traceback(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(coins()[:20, :20], name="tiny")
+    widget = open_widget(viewer, disc_model())
+    widget.everything.points_spin.setValue(64)  # a grid denser than the 20 px image
+    assert widget.segment_everything(wait=True) is None
+    assert "denser" in widget.status_label.text() or "grid" in widget.status_label.text()
+    assert not [layer for layer in viewer.layers if "everything" in layer.name]
+
+
+def test_cancel_stops_between_slices(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_stack(8), name="stack")
+    widget = open_widget(viewer, disc_model())
+    widget.everything.points_spin.setValue(16)
+    widget.everything.all_slices_check.setChecked(True)
+    widget.segment_everything(wait=False)
+    assert widget.everything.busy
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.everything.busy, timeout=60000)
+    assert widget.everything.result_layer is None
+    assert "cancelled" in widget.status_label.text()
