@@ -138,7 +138,7 @@ class SegmentEverythingPanel(QWidget):
     def run(self, wait: bool = False):
         """Segment the view on screen (or every slice) into a new Labels layer; returns
         that layer when `wait` (None if there was nothing to do or it was cancelled)."""
-        from ._widget import _UserError
+        from ._messages import UserError as _UserError
 
         try:
             self._start()
@@ -216,7 +216,8 @@ class SegmentEverythingPanel(QWidget):
     def _finish(self, image_layer, labels) -> None:
         from napari.layers import Labels
 
-        from ._widget import _notify, _transform_kwargs
+        from ._messages import notify as _notify
+        from ._widget import _transform_kwargs
 
         if labels is None:
             self.sam._set_status("Segment everything cancelled.")

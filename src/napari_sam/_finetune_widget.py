@@ -36,6 +36,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._messages import UserError as _UserError
+from ._messages import notify as _notify
+
 if TYPE_CHECKING:
     import napari
 
@@ -45,16 +48,6 @@ MAIN_WIDGET_MODEL = "(model in the Segment Anything widget)"
 LOCAL_FILE = "local file..."
 CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
 DECODER_ONLY, FULL = "decoder only (fast)", "full model"
-
-
-def _notify(message: str, level: str = "info") -> None:
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
-
-
-class _UserError(Exception):
-    """A problem the user can fix; shown as a notification."""
 
 
 @dataclass

@@ -33,6 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._messages import UserError as _UserError
+from ._messages import notify as _notify
 from .embeddings import EmbeddingCache, fingerprint
 from .interactive import (
     Candidate,
@@ -102,12 +104,6 @@ def _same(a, b) -> bool:
     """Whether two references name the same layer. napari hands plugins proxies of its
     objects, a new one on each access, so identity (`is`) cannot tell."""
     return a is not None and b is not None and a == b
-
-
-def _notify(message: str, level: str = "info") -> None:
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
 
 
 class _Relay(QObject):
@@ -1379,10 +1375,6 @@ class SamWidget(QWidget):
     def _user_error(self, error: Exception) -> None:
         self._set_status(str(error))
         _notify(f"Segment Anything: {error}", "warning")
-
-
-class _UserError(ValueError):
-    """Something the user can fix; shown as a notification, never as a traceback."""
 
 
 class _LoadCancelled(Exception):
