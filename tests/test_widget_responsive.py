@@ -26,7 +26,9 @@ SLOW = SamConfig(
 
 def test_event_loop_keeps_ticking_while_encoding(make_napari_viewer):
     viewer = make_napari_viewer()
-    stack = np.random.default_rng(0).integers(0, 255, (4, 512, 512), dtype=np.uint8)
+    # Enough slices that the loop below reaches 2 s of encoding on a fast machine too
+    # (each slice is resized to the model's 1024 px input, whatever its size).
+    stack = np.random.default_rng(0).integers(0, 255, (32, 128, 128), dtype=np.uint8)
     viewer.add_image(stack)
     torch.manual_seed(0)
     widget = open_widget(viewer, build_sam(SLOW).eval())
