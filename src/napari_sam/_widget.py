@@ -894,6 +894,8 @@ class SamWidget(QWidget):
         if key[-1] != self._model_id:
             return  # the model changed meanwhile
         self.cache.put(key, embedding)
+        if self._image_layer is not None and self._image_layer in self.viewer.layers:
+            self._preview()  # made now, so that the first click does not wait for it
         seconds = time.perf_counter() - self._encode_started
         self._set_status(f"Embedding ready ({seconds:.1f} s).")
         self._schedule_update()
