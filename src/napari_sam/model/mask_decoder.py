@@ -164,7 +164,9 @@ class MaskDecoder(nn.Module):
         x = upsample(grid, up1)  # (B, h, w, a, b, C/4)
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
         x = act2(upsample(x, up2))  # (B, h, w, a, b, a2, b2, C/8)
-        logits = x @ classifiers.transpose(1, 2)[:, None, None, None, None, None]
+        # One (locations x C/8) @ (C/8 x M) product per prompt (a broadcast matmul over
+        # the five grid axes is 3x slower).
+        logits = torch.bmm(x.reshape(batch, -1, x.shape[-1]), classifiers.transpose(1, 2))
         # Output pixel (4i + 2a + a2, 4j + 2b + b2) for each mask.
         logits = logits.view(batch, height, width, 2, 2, 2, 2, -1)
         logits = logits.permute(0, 7, 1, 3, 5, 2, 4, 6)
