@@ -222,6 +222,9 @@ def test_decoder_attention_folded_forms_equal_the_textbook_form(queries, keys):
     folded = attn(q, k, v)
     textbook = attn._projected(q, k, v)
     torch.testing.assert_close(folded, textbook, rtol=1e-4, atol=1e-5)
+    residual = torch.randn(2, queries, 64)
+    torch.testing.assert_close(attn(q, k, v, residual=residual), residual + textbook,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
     # gradients flow through the folded forms as well
     folded.sum().backward()
     # (with few queries the key bias provably has no effect: it shifts a softmax's input)

@@ -35,13 +35,23 @@ class Attention(nn.Module):
         batch, tokens, width = x.shape
         return x.view(batch, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of q over (k, v), plus `residual` when given (one pass fewer over
+        the 4096 image tokens when they are the queries)."""
         head_dim = self.q_proj.out_features // self.num_heads
-        if q.shape[1] < head_dim < k.shape[1]:
-            return self._few_queries(q, k, v)
         if k.shape[1] < head_dim < q.shape[1]:
-            return self._few_keys(q, k, v)
-        return self._projected(q, k, v)
+            return self._few_keys(q, k, v, residual)
+        if q.shape[1] < head_dim < k.shape[1]:
+            out = self._few_queries(q, k, v)
+        else:
+            out = self._projected(q, k, v)
+        return out if residual is None else residual + out
 
     def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Textbook form: project all three, attend per head, project back."""
@@ -71,7 +81,9 @@ class Attention(nn.Module):
         out = out + self.v_proj.bias.view(heads, head_dim)
         return self.out_proj(out.reshape(batch, queries, heads * head_dim))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _few_keys(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """Many queries, few keys. Per head, (q W_q + b_q) . k_h = q . (W_q k_h) + b_q . k_h,
         and the output projection distributes over the weighted sum of values, so it is
         applied to the few values first: the long side meets two thin matrix products."""
@@ -93,11 +105,13 @@ class Attention(nn.Module):
         weights = logits.view(batch, heads, keys, queries).softmax(dim=2)
         w_o = self.out_proj.weight.view(-1, heads, head_dim)
         values_out = torch.einsum("bkhd,ohd->bhko", v_heads, w_o).reshape(batch, heads * keys, -1)
-        return torch.baddbmm(
-            self.out_proj.bias,
-            weights.view(batch, heads * keys, queries).transpose(1, 2),
-            values_out,
-        )
+        weights = weights.view(batch, heads * keys, queries).transpose(1, 2)
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias, weights, values_out)
+        # Each head's weights sum to one per query, so the output bias spread over the
+        # heads' values adds it exactly once, and the residual rides in the same product.
+        values_out = values_out + self.out_proj.bias / heads
+        return torch.baddbmm(residual, weights, values_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -145,7 +159,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_with_pe, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(keys_with_pe, q, queries, residual=keys))
         return queries, keys
 
 
