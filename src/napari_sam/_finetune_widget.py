@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
+from ._widget import PREVIEW_NAME
 
 if TYPE_CHECKING:
     import napari
@@ -230,7 +231,8 @@ class FinetuneWidget(QWidget):
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
             current = combo.currentText()
             combo.clear()
-            names = [layer.name for layer in self._layers_of(kind)]
+            # The Segment Anything widget's preview is never training data.
+            names = [layer.name for layer in self._layers_of(kind) if layer.name != PREVIEW_NAME]
             combo.addItems(names)
             if current in names:
                 combo.setCurrentText(current)

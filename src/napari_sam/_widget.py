@@ -544,6 +544,9 @@ class SamWidget(QWidget):
             self._points_layer.mode = "add"
         elif active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
+        # Made with the prompt layers (about 0.2 s of the GUI thread): not on the first
+        # click, which should show its mask at once, nor while an embedding is computed.
+        self._preview()
         self._refresh_layer_choices()
 
     def _point_size(self, image) -> float:
@@ -894,8 +897,6 @@ class SamWidget(QWidget):
         if key[-1] != self._model_id:
             return  # the model changed meanwhile
         self.cache.put(key, embedding)
-        if self._image_layer is not None and self._image_layer in self.viewer.layers:
-            self._preview()  # made now, so that the first click does not wait for it
         seconds = time.perf_counter() - self._encode_started
         self._set_status(f"Embedding ready ({seconds:.1f} s).")
         self._schedule_update()
