@@ -13,7 +13,16 @@ import torch._dynamo  # (see below)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from napari_sam.model import build_sam
+from napari_sam.zoo import CACHE_ENV
 from reference import TINY, randomize_
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Every test gets its own model cache folder, never the user's."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import torch
 
 from napari_sam.model import CONFIGS, build_sam
 from napari_sam.zoo import (
-    CACHE_ENV,
     CheckpointError,
     UnknownModelError,
     infer_config,
@@ -23,11 +22,6 @@ from napari_sam.zoo import (
 from napari_sam.zoo.checkpoint import RefusedGlobal
 from reference import TINY
 from zoo_helpers import assert_same_weights, entry_for, tiny_state
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ def main():
     return script.load()
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
-    return folder
-
-
 @pytest.fixture
 def server(tmp_path):
     folder = tmp_path / "served"

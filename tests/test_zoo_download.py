@@ -21,14 +21,6 @@ from napari_sam.zoo.download import _PoochProgress
 from zoo_helpers import DROPPED, CheckpointServer, assert_same_weights, entry_for, tiny_state
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own cache folder, never the user's."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
-    return folder
-
-
 @pytest.fixture
 def served(tmp_path):
     """A server on 127.0.0.1 serving tmp_path/"served", and the state in its tiny.pt."""
