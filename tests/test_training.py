@@ -5,11 +5,22 @@ import pytest
 import torch
 
 from napari_sam.model import build_sam
-from napari_sam.training.data import LabelledImage, augment, from_pairs, sample_objects
+from napari_sam.training.data import (
+    LabelledImage,
+    augment,
+    draw_batch,
+    from_pairs,
+    sample_objects,
+)
 from napari_sam.training.evaluate import single_click_iou
-from napari_sam.training.loop import TrainingConfig, train, training_step
+from napari_sam.training.loop import TrainingConfig, step_generator, train, training_step
 from napari_sam.training.losses import dice_loss, focal_loss, sam_loss
-from napari_sam.training.prompting import correction_point, first_point, jittered_box
+from napari_sam.training.prompting import (
+    NO_POINT,
+    correction_points,
+    first_points,
+    jittered_boxes,
+)
 from napari_sam.training.synthetic import generate
 from reference import TINY
 
@@ -42,29 +53,31 @@ def test_only_the_lowest_loss_output_is_trained():
 
 
 def test_correction_points_lie_in_the_error_region():
-    rng = np.random.default_rng(0)
-    truth = disk((40, 40), (20, 20), 10)
-    predicted = disk((40, 40), (20, 26), 10)  # shifted: misses the left, spills right
-    labels = []
-    for _ in range(100):
-        (row, col), label = correction_point(rng, predicted, truth)
-        assert predicted[int(row), int(col)] != truth[int(row), int(col)]
-        assert label == int(truth[int(row), int(col)])
-        labels.append(label)
-    assert 0 in labels and 1 in labels
-    assert correction_point(rng, truth, truth) is None
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.from_numpy(disk((40, 40), (20, 20), 10)).expand(100, -1, -1)
+    predicted = torch.from_numpy(disk((40, 40), (20, 26), 10))  # misses left, spills right
+    predicted = predicted.expand(100, -1, -1).clone()
+    predicted[-1] = truth[-1]  # exact: nothing to correct
+    points, labels = correction_points(predicted, truth, generator)
+    rows, cols = points[:-1, 0].long(), points[:-1, 1].long()
+    index = torch.arange(99)
+    assert torch.all(predicted[index, rows, cols] != truth[index, rows, cols])
+    assert torch.equal(labels[:-1], truth[index, rows, cols].long())
+    assert set(labels[:-1].tolist()) == {0, 1}
+    assert labels[-1] == NO_POINT
 
 
 def test_first_point_and_box_come_from_the_object():
-    rng = np.random.default_rng(1)
-    mask = disk((50, 60), (25, 30), 12)
-    for _ in range(50):
-        row, col = first_point(rng, mask)
-        assert mask[int(row), int(col)]
-        box = jittered_box(rng, mask)
-        assert np.all(box >= 0) and box[2] <= 49 and box[3] <= 59
-        assert box[0] <= box[2] and box[1] <= box[3]
-        assert np.all(np.abs(box - [13, 18, 37, 42]) <= 12)
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.from_numpy(disk((50, 60), (25, 30), 12)).expand(50, -1, -1)
+    points = first_points(masks, generator).long()
+    assert torch.all(masks[torch.arange(50), points[:, 0], points[:, 1]])
+    assert len({tuple(p) for p in points.tolist()}) > 25  # spread over the object
+    boxes = jittered_boxes(masks, generator)
+    assert torch.all(boxes >= 0) and torch.all(boxes[:, 2] <= 49) and torch.all(boxes[:, 3] <= 59)
+    assert torch.all(boxes[:, :2] <= boxes[:, 2:])
+    assert torch.all((boxes - torch.tensor([13.0, 18, 37, 42])).abs() <= 12)
+    assert (boxes - torch.tensor([13.0, 18, 37, 42])).abs().mean() > 0.3  # jittered
 
 
 def test_synthetic_images_have_three_nested_levels():
@@ -118,12 +131,17 @@ def test_a_few_steps_lower_the_loss():
     source = from_pairs([LabelledImage(image, [labels])])
     config = TrainingConfig(steps=25, learning_rate=1e-3, correction_rounds=1, warmup_steps=2)
 
+    def batch(step):
+        return draw_batch(source, 99, step, 2, TINY.img_size, config.scale_range, 8)
+
     def loss_now():
         model.eval()
         with torch.no_grad():
             return np.mean(
                 [
-                    training_step(model, source, np.random.default_rng(s), config)[0].item()
+                    training_step(model, batch(s), step_generator(0, s, model.device), config)[
+                        0
+                    ].item()
                     for s in range(3)
                 ]
             )
@@ -197,3 +215,19 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert [h["step"] for h in history] == [3, 4]
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_worker_processes_draw_the_same_batches_as_the_loop():
+    from napari_sam.training.loop import _batches
+    from napari_sam.training.synthetic import synthetic_source
+
+    config = TrainingConfig(batch_size=2, objects_per_image=4, seed=3)
+    in_loop = list(_batches(synthetic_source, config, 64, range(5, 8)))
+    config.workers = 1
+    drawn = list(_batches(synthetic_source, config, 64, range(5, 8)))
+    assert len(drawn) == 3
+    for a, b in zip(in_loop, drawn, strict=True):
+        assert a.objects == b.objects and any(a.objects)
+        for x, y in zip(a.examples, b.examples, strict=True):
+            assert np.array_equal(x.pixels, y.pixels)
+            assert all(np.array_equal(p, q) for p, q in zip(x.levels, y.levels, strict=True))

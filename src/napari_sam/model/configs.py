@@ -91,6 +91,22 @@ CONFIGS: dict[str, SamConfig] = {
     ),
 }
 
+# The bundled offline model (see napari_sam.training.bundled): 256 px input, 8 px
+# patches (the same 32 x 32 token grid as vit_b), about 2.3 M parameters.
+TINY_CELLS = SamConfig(
+    img_size=256,
+    patch_size=8,
+    encoder_embed_dim=128,
+    encoder_depth=6,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(2, 5),
+    window_size=8,
+    prompt_embed_dim=128,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
+)
+
 
 def get_config(name_or_config: str | SamConfig) -> SamConfig:
     """Return the named official config, or pass a `SamConfig` through."""

@@ -84,15 +84,54 @@ def augment(
     return Example(pixels, resized)
 
 
+def choose_objects(
+    rng: np.random.Generator, example: Example, count: int, min_area: int = 4
+) -> list[tuple[int, int]]:
+    """Up to `count` objects drawn from all levels, each instance equally likely, as
+    (level, label id) pairs."""
+    candidates = []
+    for level, labels in enumerate(example.levels):
+        ids, areas = np.unique(labels, return_counts=True)
+        candidates += [
+            (level, int(i)) for i, a in zip(ids, areas, strict=True) if i and a >= min_area
+        ]
+    if not candidates:
+        return []
+    picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return [candidates[p] for p in picks]
+
+
 def sample_objects(
     rng: np.random.Generator, example: Example, count: int, min_area: int = 4
 ) -> list[np.ndarray]:
     """Up to `count` true masks drawn from all levels, each instance equally likely."""
-    candidates = []
-    for level, labels in enumerate(example.levels):
-        ids, areas = np.unique(labels, return_counts=True)
-        candidates += [(level, i) for i, a in zip(ids, areas, strict=True) if i and a >= min_area]
-    if not candidates:
-        return []
-    picks = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
-    return [example.levels[candidates[p][0]] == candidates[p][1] for p in picks]
+    chosen = choose_objects(rng, example, count, min_area)
+    return [example.levels[level] == object_id for level, object_id in chosen]
+
+
+@dataclass
+class Batch:
+    """The examples of one training step and the objects to prompt in each."""
+
+    examples: list[Example]
+    objects: list[list[tuple[int, int]]]  # per example: (level, label id)
+
+
+def draw_batch(
+    source: Source,
+    seed: int,
+    step: int,
+    count: int,
+    img_size: int,
+    scale_range: tuple[float, float],
+    objects_per_image: int,
+) -> Batch:
+    """The batch of `step`: the same for the same (seed, step), wherever it is drawn
+    (a worker process or the training loop itself)."""
+    examples, objects = [], []
+    for index in range(count):
+        rng = np.random.default_rng([seed, step, index])
+        example = augment(rng, source(rng), img_size, scale_range)
+        examples.append(example)
+        objects.append(choose_objects(rng, example, objects_per_image))
+    return Batch(examples, objects)

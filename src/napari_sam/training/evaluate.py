@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ..model import Sam
 from ..predictor import SamPredictor
 from .data import LabelledImage
-from .prompting import first_point
+from .prompting import first_points
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,7 +41,9 @@ def single_click_iou(
             continue
         predictor.set_image(item.image)
         for object_id in rng.choice(ids, size=min(clicks_per_image, len(ids)), replace=False):
-            row, col = first_point(rng, whole == object_id)
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            point = first_points(torch.from_numpy(whole == object_id)[None], generator)[0]
+            row, col = point.tolist()
             masks, predicted_iou, _ = predictor.predict(points=[[row, col]])
             best = masks[np.argmax(predicted_iou)]
             readings = [

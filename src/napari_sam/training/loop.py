@@ -3,8 +3,12 @@ resumable checkpoints, progress through a callback, CPU or CUDA (bfloat16 autoca
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Sam
-from .data import Example, Source, augment, sample_objects
+from .data import Batch, Source, draw_batch
 from .losses import sam_loss
-from .prompting import correction_point, first_point, jittered_box
+from .prompting import correction_points, first_points, jittered_boxes
 
 
 @dataclass
@@ -34,6 +38,8 @@ class TrainingConfig:
     seed: int = 0
     checkpoint_every: int = 0
     checkpoint_path: str | None = None  # resumed from when it exists
+    autocast: bool = True  # bfloat16 autocast on CUDA
+    workers: int = 0  # processes drawing batches ahead (0: in the loop); needs a picklable source
 
 
 # progress(step, total_steps, statistics) -> None
@@ -50,98 +56,147 @@ def _schedule(config: TrainingConfig) -> Callable[[int], float]:
     return factor
 
 
-def _input_tensor(model: Sam, example: Example) -> torch.Tensor:
-    pixels = torch.from_numpy(np.ascontiguousarray(example.pixels)).permute(2, 0, 1)[None]
-    return model.preprocess(pixels.to(model.device))
-
-
-def _padded(mask: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros((size, size), np.float32)
-    out[: mask.shape[0], : mask.shape[1]] = mask
-    return out
-
-
-class _Group:
-    """Prompts for several objects of one image that are decoded together."""
-
-    def __init__(self, masks: list[np.ndarray], size: int, device: torch.device) -> None:
-        self.truth = [_padded(m, size) for m in masks]
-        self.target = torch.from_numpy(np.stack(self.truth)).to(device)
-        self.points: list[list[tuple[float, float]]] = [[] for _ in masks]
-        self.labels: list[list[int]] = [[] for _ in masks]
-        self.boxes: np.ndarray | None = None
-
-    def point_tensors(self, device: torch.device):
-        if not self.points[0]:
-            return None
-        xy = torch.tensor([[(c, r) for r, c in pts] for pts in self.points], device=device)
-        return xy.float(), torch.tensor(self.labels, device=device)
-
-
-def _decode_group(model: Sam, features: torch.Tensor, group: _Group, mask_input, multimask: bool):
-    boxes = None
-    if group.boxes is not None:
-        boxes = torch.from_numpy(group.boxes[:, [1, 0, 3, 2]]).float().to(features.device)
-    low, iou = model.decode(
-        features, group.point_tensors(features.device), boxes, mask_input, multimask
+def _batch_args(source: Source, config: TrainingConfig, img_size: int, step: int) -> tuple:
+    return (
+        source,
+        config.seed,
+        step,
+        config.batch_size,
+        img_size,
+        config.scale_range,
+        config.objects_per_image,
     )
+
+
+def _batches(
+    source: Source, config: TrainingConfig, img_size: int, steps: range
+) -> Iterator[Batch]:
+    """The batches of `steps` in order, drawn ahead by `config.workers` processes."""
+    if config.workers <= 0:
+        for step in steps:
+            yield draw_batch(*_batch_args(source, config, img_size, step))
+        return
+    # spawn: forking a process that has started CUDA or OpenMP threads is unsafe
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(config.workers, mp_context=context)
+    try:
+        upcoming = iter(steps)
+        pending = deque(
+            pool.submit(draw_batch, *_batch_args(source, config, img_size, step))
+            for step in itertools.islice(upcoming, 2 * config.workers)
+        )
+        while pending:
+            batch = pending.popleft().result()
+            for step in itertools.islice(upcoming, 1):
+                args = _batch_args(source, config, img_size, step)
+                pending.append(pool.submit(draw_batch, *args))
+            yield batch
+    finally:  # also when the loop stops early: drop what was drawn ahead
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _targets(
+    batch: Batch, size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input pixels (B, 3, h, w) uint8 padded to the largest example, the true masks
+    (N, size, size) of all chosen objects and the index of each one's image (N,)."""
+    examples = batch.examples
+    height = max(ex.pixels.shape[0] for ex in examples)
+    width = max(ex.pixels.shape[1] for ex in examples)
+    depth = max(len(ex.levels) for ex in examples)
+    pixels = np.zeros((len(examples), 3, height, width), np.uint8)
+    levels = np.zeros((len(examples), depth, size, size), np.int32)
+    owner, level, ids = [], [], []
+    for index, (example, objects) in enumerate(zip(examples, batch.objects, strict=True)):
+        h, w = example.pixels.shape[:2]
+        pixels[index, :, :h, :w] = example.pixels.transpose(2, 0, 1)
+        levels[index, : len(example.levels), :h, :w] = example.levels
+        for object_level, object_id in objects:
+            owner.append(index)
+            level.append(object_level)
+            ids.append(object_id)
+    # Masks are made on the device: N masks cost N times more to move than the labels.
+    levels_t = torch.from_numpy(levels).to(device)
+    owner_t, level_t, ids_t = (
+        torch.tensor(v, dtype=torch.long, device=device) for v in (owner, level, ids)
+    )
+    masks = levels_t[owner_t, level_t] == ids_t[:, None, None]
+    return torch.from_numpy(pixels).to(device), masks, owner_t
+
+
+def _decode(model: Sam, features, points, labels, boxes, mask_input, multimask: bool):
+    """Decode prompts in (row, col) image-frame terms; logits at the input size."""
+    prompt = None if points is None else (points.flip(-1), labels)
+    xyxy = None if boxes is None else boxes[:, [1, 0, 3, 2]]
+    low, iou = model.decode(features, prompt, xyxy, mask_input, multimask)
     size = model.img_size
     logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
     return low, logits, iou
 
 
 def training_step(
-    model: Sam, source: Source, rng: np.random.Generator, config: TrainingConfig
+    model: Sam, batch: Batch, generator: torch.Generator | None, config: TrainingConfig
 ) -> tuple[torch.Tensor, dict]:
-    """Loss of one batch, with interactive prompting simulated round by round."""
+    """Loss of one batch, with interactive prompting simulated round by round.
+
+    All objects of all images are decoded together: once with their first prompt (a
+    point, with the 3 ambiguity outputs, or a box), then once per correction round with
+    a point from the error region added and the previous best logits as mask input.
+    """
     size, device = model.img_size, model.device
-    examples = [
-        augment(rng, source(rng), size, config.scale_range) for _ in range(config.batch_size)
-    ]
-    pixels = torch.cat([_input_tensor(model, ex) for ex in examples])
+    pixels, truth, owner = _targets(batch, size, device)
     dtype = model.image_encoder.patch_embed.proj.weight.dtype
     with torch.set_grad_enabled(not config.freeze_encoder and torch.is_grad_enabled()):
-        features = model.image_encoder(pixels.to(dtype)).float()
-
-    losses, first_ious = [], []
-    for index, example in enumerate(examples):
-        objects = sample_objects(rng, example, config.objects_per_image)
-        if not objects:
-            continue
-        boxed = rng.random(len(objects)) < config.box_fraction
-        for use_box in (False, True):
-            chosen = [m for m, b in zip(objects, boxed, strict=True) if b == use_box]
-            if not chosen:
-                continue
-            group = _Group(chosen, size, device)
-            if use_box:
-                group.boxes = np.stack([jittered_box(rng, m) for m in chosen])
-            else:
-                for i, m in enumerate(chosen):
-                    group.points[i].append(first_point(rng, m))
-                    group.labels[i].append(1)
-            image_features = features[index : index + 1]
-            low, logits, iou = _decode_group(model, image_features, group, None, not use_box)
-            loss, _, achieved = sam_loss(logits, iou, group.target)
-            losses.append(loss)
-            first_ious.append(achieved.mean().item())
-            for _ in range(config.correction_rounds):
-                best = iou.detach().argmax(dim=1)
-                rows = torch.arange(len(chosen), device=device)
-                previous = low.detach()[rows, best][:, None]
-                predicted = (logits.detach()[rows, best] > 0).cpu().numpy()
-                for i, truth in enumerate(group.truth):
-                    found = correction_point(rng, predicted[i], truth > 0.5)
-                    point, label = found if found else ((0.0, 0.0), -1)
-                    group.points[i].append(point)
-                    group.labels[i].append(label)
-                low, logits, iou = _decode_group(model, image_features, group, previous, False)
-                loss, _, _ = sam_loss(logits, iou, group.target)
-                losses.append(loss)
-    if not losses:
+        features = model.image_encoder(model.preprocess(pixels).to(dtype)).float()
+    if len(truth) == 0:
         return features.sum() * 0.0, {"loss": 0.0, "iou": float("nan")}
+
+    boxed = torch.rand(len(truth), generator=generator, device=device) < config.box_fraction
+    losses, first_ious = [], []
+    for use_box in (False, True):
+        chosen = torch.nonzero(boxed == use_box)[:, 0]
+        if len(chosen) == 0:
+            continue
+        target, image_features = truth[chosen], features[owner[chosen]]
+        points = labels = boxes = None
+        if use_box:
+            boxes = jittered_boxes(target, generator)
+        else:
+            points = first_points(target, generator)[:, None]
+            labels = torch.ones(len(chosen), 1, dtype=torch.long, device=device)
+        low, logits, iou = _decode(model, image_features, points, labels, boxes, None, not use_box)
+        loss, _, achieved = sam_loss(logits, iou, target)
+        losses.append(loss)
+        first_ious.append(achieved.detach())
+        rows = torch.arange(len(chosen), device=device)
+        for _ in range(config.correction_rounds):
+            best = iou.detach().argmax(dim=1)
+            previous = low.detach()[rows, best][:, None]
+            new_points, new_labels = correction_points(
+                logits.detach()[rows, best] > 0, target, generator
+            )
+            points = (
+                new_points[:, None]
+                if points is None
+                else torch.cat([points, new_points[:, None]], 1)
+            )
+            labels = (
+                new_labels[:, None]
+                if labels is None
+                else torch.cat([labels, new_labels[:, None]], 1)
+            )
+            low, logits, iou = _decode(
+                model, image_features, points, labels, boxes, previous, False
+            )
+            loss, _, _ = sam_loss(logits, iou, target)
+            losses.append(loss)
     total = torch.stack(losses).mean()
-    return total, {"loss": total.item(), "iou": float(np.mean(first_ious))}
+    return total, {"loss": total.item(), "iou": torch.cat(first_ious).mean().item()}
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The prompt sampler of one step: a resumed run draws what an uninterrupted one did."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
 def save_checkpoint(
@@ -161,6 +216,23 @@ def save_checkpoint(
     partial = path.with_suffix(path.suffix + ".partial")
     torch.save(state, partial)
     partial.replace(path)
+
+
+def _optimise(model, batch, step, config, optimizer, scheduler, trainable) -> dict:
+    """One optimiser step on one batch; its statistics."""
+    generator = step_generator(config.seed, step, model.device)
+    autocast = config.autocast and model.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss, stats = training_step(model, batch, generator, config)
+    optimizer.zero_grad(set_to_none=True)
+    if loss.requires_grad:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+    scheduler.step()
+    stats["step"] = step + 1
+    stats["lr"] = scheduler.get_last_lr()[0]
+    return stats
 
 
 def train(
@@ -198,27 +270,22 @@ def train(
         start = int(state["step"])
     # One generator per step keeps a resumed run identical to an uninterrupted one.
     history = []
-    autocast = model.device.type == "cuda"
-    for step in range(start, config.steps):
-        if should_stop is not None and should_stop():
-            break
-        rng = np.random.default_rng([config.seed, step])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, stats = training_step(model, source, rng, config)
-        optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-        scheduler.step()
-        stats["step"] = step + 1
-        stats["lr"] = scheduler.get_last_lr()[0]
-        history.append(stats)
-        if progress is not None:
-            progress(step + 1, config.steps, stats)
-        every = config.checkpoint_every
-        if config.checkpoint_path and every and (step + 1) % every == 0:
-            save_checkpoint(config.checkpoint_path, model, optimizer, scheduler, step + 1, config)
+    batches = _batches(source, config, model.img_size, range(start, config.steps))
+    try:
+        for step, batch in zip(range(start, config.steps), batches, strict=False):
+            if should_stop is not None and should_stop():
+                break
+            stats = _optimise(model, batch, step, config, optimizer, scheduler, trainable)
+            history.append(stats)
+            if progress is not None:
+                progress(step + 1, config.steps, stats)
+            every = config.checkpoint_every
+            if config.checkpoint_path and every and (step + 1) % every == 0:
+                save_checkpoint(
+                    config.checkpoint_path, model, optimizer, scheduler, step + 1, config
+                )
+    finally:
+        batches.close()
     if config.checkpoint_path:
         save_checkpoint(
             config.checkpoint_path, model, optimizer, scheduler, start + len(history), config

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .data import LabelledImage
+
 
 @dataclass
 class SyntheticSample:
@@ -223,3 +225,13 @@ def generate(rng: np.random.Generator, shape: tuple[int, int] = (256, 256)) -> S
     scale = peak * rng.uniform(0.3, 1.0) / max(np.percentile(image, 99.9), 1e-6)
     image = np.clip(image * scale, 0, peak).astype(dtype)
     return SyntheticSample(image, cells, nuclei, nucleoli, nucleolus_cell)
+
+
+def synthetic_source(
+    rng: np.random.Generator, shape: tuple[int, int] = (256, 256)
+) -> LabelledImage:
+    """A training source (see `napari_sam.training.data.Source`) of generated images
+    labelled at three levels, whole to subpart. Picklable, so worker processes can draw
+    from it."""
+    sample = generate(rng, shape)
+    return LabelledImage(sample.image, [sample.cells, sample.nuclei, sample.nucleoli])
