@@ -13,11 +13,11 @@ def test_sample_data_needs_no_download():
 
 
 def test_demo_opens_ready_to_click(make_napari_viewer, monkeypatch):
-    monkeypatch.setattr("napari_sam._demo.first_cached_model", lambda: None)
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer()  # the model cache is empty: the bundled model opens
     widget = open_demo(viewer)
     widget.wait(timeout=60)
     assert widget.model is not None and len(widget.cache) == 1
+    assert widget.model_combo.currentData() == "tiny_cells"
     assert viewer.layers.selection.active == widget.points_layer
     assert widget.points_layer.mode == "add"
     widget.points_layer.add([[150, 190]])

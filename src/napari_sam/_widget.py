@@ -301,27 +301,18 @@ class SamWidget(QWidget):
         layout.addStretch(1)
 
     def _fill_model_choices(self) -> None:
-        from .zoo import cached_path, registry
+        from .zoo import default_model, is_downloaded, registry
 
         self.model_combo.clear()
         for name, entry in registry().items():
-            try:
-                cached = cached_path(entry).is_file()
-            except Exception:  # a broken cache folder must not break the widget
-                cached = False
-            self.model_combo.addItem(f"{name} (cached)" if cached else name, name)
+            suffix = " (bundled)" if entry.bundled else " (cached)" if is_downloaded(entry) else ""
+            self.model_combo.addItem(name + suffix, name)
         from .training.finetuning import finetuned_models
 
         for name, path in finetuned_models().items():  # loaded by path
             self.model_combo.addItem(f"{name} (fine-tuned)", str(path))
         self.model_combo.addItem(LOCAL_FILE, LOCAL_FILE)
-        cached = [
-            i
-            for i in range(self.model_combo.count())
-            if "(cached)" in self.model_combo.itemText(i)
-        ]
-        if cached:
-            self.model_combo.setCurrentIndex(cached[0])
+        self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(default_model())))
 
     def refresh_model_choices(self, select: str | None = None) -> None:
         """Re-read the model choices (e.g. after fine-tuning); `select` picks one by name

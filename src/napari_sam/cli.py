@@ -26,16 +26,16 @@ def _size(count: int | None) -> str:
 
 
 def _models(_: argparse.Namespace) -> int:
-    from .zoo import cache_dir, cached_path, registry
+    from .zoo import cache_dir, is_downloaded, registry
 
     entries = registry().values()
     width = max(len(entry.name) for entry in entries)
-    print(f"{'NAME':<{width}}  {'SIZE':>8}  {'LICENCE':<10}  {'CACHED':<6}  DESCRIPTION")
+    print(f"{'NAME':<{width}}  {'SIZE':>8}  {'LICENCE':<10}  {'CACHED':<7}  DESCRIPTION")
     for entry in entries:
-        cached = "yes" if cached_path(entry).is_file() else "no"
+        cached = "bundled" if entry.bundled else "yes" if is_downloaded(entry) else "no"
         print(
             f"{entry.name:<{width}}  {_size(entry.size):>8}  {entry.licence:<10}  "
-            f"{cached:<6}  {entry.description}"
+            f"{cached:<7}  {entry.description}"
         )
     print(f"\ncache folder: {cache_dir()}")
     return 0

@@ -24,6 +24,7 @@ from .download import (
     cache_dir,
     cached_path,
     fetch,
+    is_downloaded,
 )
 from .registry import ModelEntry, UnknownModelError, get_entry, register, registry, unregister
 
@@ -39,9 +40,11 @@ __all__ = [
     "available_devices",
     "cache_dir",
     "cached_path",
+    "default_model",
     "fetch",
     "get_entry",
     "infer_config",
+    "is_downloaded",
     "load_model",
     "read_checkpoint",
     "register",
@@ -99,6 +102,15 @@ def load_model(
     model.float()
     model.image_encoder.to(dtype)
     return model.to(target).eval()
+
+
+def default_model() -> str:
+    """The model to offer first: the first registered model already downloaded, else the
+    bundled one, so that a fresh install works offline."""
+    entries = registry()
+    downloaded = [name for name, entry in entries.items() if is_downloaded(entry)]
+    bundled = [name for name, entry in entries.items() if entry.bundled]
+    return (downloaded or bundled or list(entries))[0]
 
 
 def _local_file(name_or_path: str | os.PathLike, names: list[str]) -> Path:

@@ -37,9 +37,38 @@ def cache_dir() -> Path:
     return Path(pooch.os_cache("napari-sam-labeler"))
 
 
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
 def cached_path(entry: ModelEntry) -> Path:
-    """Where `entry`'s file lies once downloaded (it may not exist yet)."""
+    """Where `entry`'s file lies once downloaded (it may not exist yet); a bundled
+    model's file inside the package."""
+    if entry.bundled:
+        return BUNDLED_DIR / entry.filename
     return cache_dir() / entry.filename
+
+
+def is_downloaded(entry: ModelEntry) -> bool:
+    """Whether a downloadable model's file is in the cache folder (False for bundled
+    models, and where the cache folder cannot be read)."""
+    try:
+        return not entry.bundled and cached_path(entry).is_file()
+    except OSError:
+        return False
+
+
+def _bundled_file(entry: ModelEntry) -> Path:
+    path = cached_path(entry)
+    algorithm = entry.known_hash.partition(":")[0]
+    if not path.is_file() or f"{algorithm}:{pooch.file_hash(str(path), alg=algorithm)}" != (
+        entry.known_hash
+    ):
+        raise ModelDownloadError(
+            f"The model file bundled with napari-sam-labeler, {path}, is missing or "
+            "damaged. Reinstall the package: pip install --force-reinstall "
+            "napari-sam-labeler"
+        )
+    return path
 
 
 class ConsoleProgress:
@@ -91,11 +120,14 @@ def fetch(entry: ModelEntry, progress: ProgressCallback | bool | None = None) ->
     cached copy no longer matches the hash.
 
     `progress`: a `ProgressCallback`; None for a console progress bar; False for none.
+    A bundled model is not downloaded: its file in the package is verified instead.
     Raises `ModelDownloadError` naming the URL, the cache folder and the file name to
     place there by hand.
     """
     import requests  # pooch's own dependency; imported late as pooch does
 
+    if entry.bundled:
+        return _bundled_file(entry)
     folder = cache_dir()
     if progress is None:
         progress = ConsoleProgress(entry.name)

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from types import MappingProxyType
 from urllib.parse import urlparse
 
-from ..model import CONFIGS, SamConfig
+from ..model import CONFIGS, TINY_CELLS, SamConfig
 
 _HASH_ALGORITHMS = ("sha256", "xxh128")
 
@@ -27,6 +27,8 @@ class ModelEntry:
     where a publisher only pins that one). `size` is the file's byte count, None where it
     is not published. `filename` is the name in the cache folder; by default the entry's
     name plus the URL's suffix, since different models share names such as "vit_b.pt".
+    A `bundled` model ships inside the package (`napari_sam/models/<filename>`): it has
+    no URL and is never downloaded, so it works offline.
     """
 
     name: str
@@ -37,8 +39,11 @@ class ModelEntry:
     licence: str
     description: str
     filename: str = ""
+    bundled: bool = False
 
     def __post_init__(self) -> None:
+        if self.bundled and not self.filename:
+            raise ValueError(f"Bundled model {self.name!r} needs the filename it ships as.")
         algorithm, _, digest = self.known_hash.partition(":")
         if algorithm not in _HASH_ALGORITHMS or not digest:
             raise ValueError(
@@ -55,6 +60,18 @@ _MICRO_SAM = "MIT"
 _BIOIMAGE_IO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 
 _BUILTIN = (
+    ModelEntry(
+        name="tiny_cells",
+        config=TINY_CELLS,
+        url="",
+        known_hash="sha256:7d6887c64b19f07f5dc01f13e7adaf8eae5cf98b02015afb50d60df7c0ac9d10",
+        size=9202107,
+        licence="BSD-3-Clause",
+        description="small model trained on synthetic cells, nuclei and nucleoli; "
+        "works offline (ships with the package)",
+        filename="tiny_cells.pt",
+        bundled=True,
+    ),
     ModelEntry(
         name="vit_b",
         config=CONFIGS["vit_b"],
