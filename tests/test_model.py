@@ -97,6 +97,29 @@ def test_chunked_attention_equals_plain_attention(monkeypatch, chunk):
         torch.testing.assert_close(attn(x), plain_attention(attn, x), rtol=1e-5, atol=1e-5)
 
 
+def test_gpus_take_larger_bias_chunks_than_the_cpu(monkeypatch):
+    """Chunks sized for a CPU cache cost a GPU one kernel launch each (measured on an
+    H200: 46 images/s against 126 with large chunks); shapes only, on the meta device."""
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(image_encoder.F, "scaled_dot_product_attention", counting)
+    batch, heads, grid, dim = 2, 12, 64, 64  # a vit_b global block at 1024 px
+    counts = {}
+    for device in ("cpu", "meta"):
+        q = torch.zeros(batch, heads, grid * grid, dim, device=device)
+        by = torch.zeros(batch, heads, grid, grid, grid, device=device)
+        calls.clear()
+        out = image_encoder._chunked_attention(q, q, q, by, by)
+        assert out.shape == q.shape
+        counts[device] = len(calls)
+    assert counts["meta"] * 20 <= counts["cpu"]
+
+
 UNUSED_BY_ONE_POINT = (
     "point_embeddings.0",
     "point_embeddings.2",

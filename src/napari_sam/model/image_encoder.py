@@ -70,8 +70,10 @@ class Attention(nn.Module):
 
 # Elements of attention bias expanded at once. The whole (B, heads, N, N) bias of a
 # vit_b global block is 805 MB: writing it costs more than the attention itself on a
-# CPU, while chunks of a few MB stay in cache between being written and read.
+# CPU, while chunks of a few MB stay in cache between being written and read. A GPU
+# has the memory bandwidth but pays per kernel launch, so it takes far larger chunks.
 _BIAS_CHUNK_ELEMENTS = 1 << 22
+_BIAS_CHUNK_ELEMENTS_GPU = 1 << 27
 
 
 def _chunked_attention(
@@ -85,13 +87,10 @@ def _chunked_attention(
     at a time, or a band of query rows of one head when a head alone is too large."""
     batch, heads, tokens, _ = q.shape
     rows, width = by_row.shape[2], by_row.shape[3]
+    chunk = _BIAS_CHUNK_ELEMENTS if q.device.type == "cpu" else _BIAS_CHUNK_ELEMENTS_GPU
     per_head = batch * tokens * tokens
-    head_step = max(1, _BIAS_CHUNK_ELEMENTS // per_head)
-    row_step = (
-        rows
-        if per_head <= _BIAS_CHUNK_ELEMENTS
-        else max(1, _BIAS_CHUNK_ELEMENTS // (batch * width * tokens))
-    )
+    head_step = max(1, chunk // per_head)
+    row_step = rows if per_head <= chunk else max(1, chunk // (batch * width * tokens))
     out = torch.empty_like(q)
     for h in range(0, heads, head_step):
         hs = slice(h, h + head_step)
