@@ -1,7 +1,8 @@
 """Make docs/widget.png: napari with the coins sample, the widget docked, one click.
 
 Run under a virtual display: `xvfb-run -a python docs/make_screenshot.py [--model vit_b]`.
-Without --model it uses the tiny random-weight demo model (the masks then mean nothing).
+Without --model it uses the demo's default: the first downloaded model, else the bundled
+tiny_cells.
 """
 
 import argparse
