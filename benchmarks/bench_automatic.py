@@ -5,11 +5,14 @@ Reported per setting: the time after the image embedding (the encoder's output i
 reused by both sides), the encoder time, the total, the ratio, and how many masks each
 side returned and how many of them match one-to-one at mask IoU >= 0.95.
 
-Settings: Meta's default thresholds (with random weights few or no masks pass them), and
+Settings: Meta's default thresholds (with random weights few or no masks pass them);
 relaxed thresholds (no predicted-IoU or stability filter) where every candidate reaches
-NMS, the case where the work after decoding matters most.
+NMS, the case where the work after decoding matters most; and partial, the middle case:
+the predicted-IoU threshold set at the 85th percentile of this model's predictions on
+the grid (so about 15 % of the candidates pass it), no stability filter.
 
-    python benchmarks/bench_automatic.py [--points-per-side 32] [--settings default relaxed]
+    python benchmarks/bench_automatic.py [--points-per-side 32] \
+        [--settings default relaxed partial]
 """
 
 from __future__ import annotations
@@ -27,7 +30,24 @@ from napari_sam.model import CONFIGS
 SETTINGS = {
     "default": {},
     "relaxed": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    "partial": {"stability_score_thresh": 0.0},  # IoU threshold: see iou_quantile
 }
+PARTIAL_KEEP = 0.15
+
+
+def iou_quantile(model, embedding, points_per_side: int, keep: float) -> float:
+    """The predicted-IoU value that `keep` of the grid's candidate masks exceed."""
+    height, width = embedding.input_size
+    offsets = (np.arange(points_per_side) + 0.5) / points_per_side
+    xy = np.stack(np.meshgrid(offsets * width, offsets * height), -1).reshape(-1, 1, 2)
+    ious = []
+    with torch.inference_mode():
+        for batch in np.array_split(xy, max(1, len(xy) // 64)):
+            points = torch.from_numpy(batch).float()
+            labels = torch.ones(len(points), 1, dtype=torch.long)
+            _, iou = model.decode(embedding.features, (points, labels), None, None, True)
+            ious.append(iou)
+    return float(torch.quantile(torch.cat(ious).flatten(), 1 - keep))
 
 
 def matched(ours: list, theirs: list) -> tuple[int, int]:
@@ -74,6 +94,9 @@ def main() -> None:
 
     for name in args.settings:
         params = dict(points_per_side=args.points_per_side, **SETTINGS[name])
+        if name == "partial":
+            threshold = iou_quantile(ours, embedding, args.points_per_side, PARTIAL_KEEP)
+            params["pred_iou_thresh"] = round(threshold, 4)
         generator = AutomaticMaskGenerator(ours, **params)
         meta = segment_anything.SamAutomaticMaskGenerator(theirs, **params)
 
