@@ -48,8 +48,12 @@ def training_config(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    # On an H200 a step of 8 images took 0.22 s, launch-bound, while 14 workers drew 8
+    # images in 0.08 s: 16 images use the GPU better. At 1e-3 the first run predicted
+    # nothing for 1100 steps and only learned once the cosine had brought the rate
+    # below about 5e-4.
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step")
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=max(0, (os.cpu_count() or 1) - 2))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
