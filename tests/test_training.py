@@ -231,3 +231,25 @@ def test_worker_processes_draw_the_same_batches_as_the_loop():
         for x, y in zip(a.examples, b.examples, strict=True):
             assert np.array_equal(x.pixels, y.pixels)
             assert all(np.array_equal(p, q) for p, q in zip(x.levels, y.levels, strict=True))
+
+
+def test_the_bundled_training_command_writes_a_loadable_model(tmp_path):
+    from napari_sam.model import TINY_CELLS
+    from napari_sam.training import bundled
+    from napari_sam.zoo import load_model, read_checkpoint
+
+    out = tmp_path / "tiny.pt"
+    common = ["--batch-size", "1", "--objects-per-image", "2", "--workers", "0"]
+    assert bundled.main(["--steps", "2", "--out", str(out), *common]) == 0
+    model = load_model(out, device="cpu")
+    assert model.config == TINY_CELLS
+    assert out.with_suffix(".run.pt").is_file()  # resumable state beside it
+    # --init starts from saved weights: one step at learning rate 0 keeps them exactly
+    again = tmp_path / "again.pt"
+    run = tmp_path / "again.run.pt"
+    args = ["--steps", "1", "--lr", "0", "--init", str(out), "--out", str(again)]
+    assert bundled.main([*args, "--run-checkpoint", str(run), *common]) == 0
+    before, _ = read_checkpoint(out)
+    after, _ = read_checkpoint(again)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], msg=key)
