@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from napari_sam.model import build_sam
 from napari_sam.training.data import (
@@ -93,6 +94,25 @@ def test_synthetic_images_have_three_nested_levels():
             row, col = np.argwhere(sample.nucleoli == nucleolus_id)[0]
             assert len(sample.levels_at(row, col)) == 3
     assert found_nucleoli > 0
+
+
+def test_colour_renderings_show_the_nuclei():
+    from napari_sam.training.synthetic import colour_image
+
+    styles = set()
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        sample = generate(rng, (128, 128))
+        image = colour_image(rng, sample)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        nucleus = ndi.binary_erosion(sample.nuclei > 0, iterations=2)
+        background = ndi.binary_erosion(sample.cells == 0, iterations=2)
+        if nucleus.sum() < 20 or background.sum() < 20:
+            continue
+        contrast = np.abs(image[nucleus].mean(0) - image[background].mean(0)).max()
+        assert contrast > 20, seed
+        styles.add("stained" if image[background].mean() > 127 else "fluorescence")
+    assert styles == {"stained", "fluorescence"}
 
 
 def test_augment_keeps_labels_aligned_with_pixels():

@@ -227,11 +227,43 @@ def generate(rng: np.random.Generator, shape: tuple[int, int] = (256, 256)) -> S
     return SyntheticSample(image, cells, nuclei, nucleoli, nucleolus_cell)
 
 
+# Ruifrok & Johnston's optical density vectors (RGB) of the two classic histology stains.
+HAEMATOXYLIN = np.array([0.65, 0.70, 0.29])
+EOSIN = np.array([0.07, 0.99, 0.11])
+COLOUR_SHARE = 0.25  # of training images rendered in colour rather than gray
+
+
+def colour_image(rng: np.random.Generator, sample: SyntheticSample) -> np.ndarray:
+    """An RGB (H, W, 3) uint8 rendering of the sample's objects: a two-dye fluorescence
+    composite (a nuclear and a cytoplasmic dye in two random channels) or an H&E-like
+    brightfield stain (haematoxylin on nuclei, eosin on cytoplasm)."""
+    cells, nuclei, nucleoli = sample.cells, sample.nuclei, sample.nucleoli
+    count = int(cells.max()) + 1
+    texture = 1 + _smooth_field(rng, cells.shape, rng.uniform(0.7, 4)) * rng.uniform(0, 0.2)
+    cytoplasm = (cells > 0) * rng.uniform(0.2, 1.0, count)[cells] * texture
+    nuclear = (nuclei > 0) * rng.uniform(0.4, 1.0, count)[nuclei] * texture
+    nuclear = np.where(nucleoli > 0, nuclear * rng.choice([0.4, 1.5]), nuclear)
+    blur = rng.uniform(0, 1.5)
+    cytoplasm, nuclear = (ndi.gaussian_filter(x, blur) for x in (cytoplasm, nuclear))
+    if rng.random() < 0.5:
+        image = np.full((*cells.shape, 3), rng.uniform(0, 0.1))
+        first, second, _ = rng.permutation(3)
+        image[..., first] += nuclear
+        image[..., second] += cytoplasm * rng.uniform(0.3, 1.0)
+    else:
+        density = nuclear[..., None] * HAEMATOXYLIN * rng.uniform(0.8, 2.0)
+        density += (cytoplasm[..., None] + rng.uniform(0, 0.2)) * EOSIN * rng.uniform(0.3, 1.0)
+        image = np.exp(-density)
+    image = image + rng.normal(0, rng.uniform(0.005, 0.04), image.shape)
+    return (np.clip(image / max(image.max(), 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
 def synthetic_source(
     rng: np.random.Generator, shape: tuple[int, int] = (256, 256)
 ) -> LabelledImage:
     """A training source (see `napari_sam.training.data.Source`) of generated images
-    labelled at three levels, whole to subpart. Picklable, so worker processes can draw
-    from it."""
+    labelled at three levels, whole to subpart; a `COLOUR_SHARE` of them in colour.
+    Picklable, so worker processes can draw from it."""
     sample = generate(rng, shape)
-    return LabelledImage(sample.image, [sample.cells, sample.nuclei, sample.nucleoli])
+    image = colour_image(rng, sample) if rng.random() < COLOUR_SHARE else sample.image
+    return LabelledImage(image, [sample.cells, sample.nuclei, sample.nucleoli])
