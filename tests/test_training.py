@@ -273,3 +273,43 @@ def test_the_bundled_training_command_writes_a_loadable_model(tmp_path):
     after, _ = read_checkpoint(again)
     for key in before:
         torch.testing.assert_close(after[key], before[key], msg=key)
+
+
+def test_batch_workers_end_when_the_training_process_is_killed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import multiprocessing.process as mp\n"
+        "from napari_sam.training.loop import TrainingConfig, _batches\n"
+        "from napari_sam.training.synthetic import synthetic_source\n"
+        "if __name__ == '__main__':\n"
+        "    config = TrainingConfig(batch_size=1, objects_per_image=1, workers=1)\n"
+        "    next(_batches(synthetic_source, config, 64, range(100)))\n"
+        "    print(*[c.pid for c in mp.active_children()], flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    # (a lingering worker would also hold the pipe open: the timeout then fails the test)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    workers = [int(pid) for pid in done.stdout.split()]
+    assert workers, done.stderr
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie awaiting its reaper counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +81,9 @@ def _batches(
         return
     # spawn: forking a process that has started CUDA or OpenMP threads is unsafe
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(config.workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        config.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+    )
     try:
         upcoming = iter(steps)
         pending = deque(
@@ -93,6 +98,18 @@ def _batches(
             yield batch
     finally:  # also when the loop stops early: drop what was drawn ahead
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_with(parent: int) -> None:
+    """Worker initialiser: end the worker once the training process is gone (killed
+    before it could shut its pool down), instead of lingering."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _targets(
