@@ -67,8 +67,8 @@ _BUILTIN = (
         known_hash="sha256:7d6887c64b19f07f5dc01f13e7adaf8eae5cf98b02015afb50d60df7c0ac9d10",
         size=9202107,
         licence="BSD-3-Clause",
-        description="small model trained on synthetic cells, nuclei and nucleoli; "
-        "works offline (ships with the package)",
+        description="small model trained on synthetic cells, nuclei and nucleoli; works "
+        "offline; under-trained so far (use vit_b_lm for real work)",
         filename="tiny_cells.pt",
         bundled=True,
     ),
