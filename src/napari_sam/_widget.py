@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._llvm_guard import hide_triton_if_llvm_is_loaded
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
 from .embeddings import EmbeddingCache, fingerprint
@@ -130,6 +131,7 @@ class SamWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
+        hide_triton_if_llvm_is_loaded()  # napari's canvas may have loaded Mesa's libLLVM
         self.viewer = napari_viewer
         self.cache = EmbeddingCache()
         self._model = None

@@ -22,7 +22,6 @@ import dataclasses
 import itertools
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._llvm_guard import hide_triton_if_llvm_is_loaded
 from ..model import Sam
 from ..view import extract_view
 from .data import LabelledImage, from_pairs
@@ -233,23 +233,6 @@ def finetuned_models() -> dict[str, Path]:
 
 
 # -- the run -------------------------------------------------------------------------------
-def _hide_triton_if_llvm_is_loaded() -> None:
-    """Mesa's OpenGL drivers (llvmpipe, radeonsi), which napari's canvas may use, load the
-    system's libLLVM; loading triton's own LLVM after it (torch.optim imports
-    torch._dynamo, which imports triton where it is installed) crashes the process.
-    Training runs eagerly and needs no triton, so where a libLLVM is already loaded and
-    triton is not, triton is hidden from this process (torch then reports it absent)."""
-    if "triton" in sys.modules:
-        return
-    try:
-        with open("/proc/self/maps") as maps:
-            loaded = any("libLLVM" in line for line in maps)
-    except OSError:  # not Linux: no such clash seen
-        return
-    if loaded:
-        sys.modules["triton"] = None
-
-
 def default_config(steps: int, decoder_only: bool, seed: int = 0) -> TrainingConfig:
     """Settings for fine-tuning a pretrained model: a modest learning rate (higher when
     only the small decoder trains), one correction round, a short warm-up."""
@@ -311,7 +294,7 @@ def finetune(
             "The labels hold no objects to train on: annotate some objects (non-zero "
             "labels) first, or hold out fewer."
         )
-    _hide_triton_if_llvm_is_loaded()
+    hide_triton_if_llvm_is_loaded()  # training imports torch._dynamo (see _llvm_guard)
     if not config.freeze_encoder:
         model.float()  # AdamW on bfloat16 weights would lose small updates
     model.eval()

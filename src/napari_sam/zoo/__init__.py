@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .._llvm_guard import hide_triton_if_llvm_is_loaded
 from ..model import Sam, SamConfig
 from .checkpoint import CheckpointError, build_model, infer_config, read_checkpoint, safe_load
 from .devices import DeviceNotAvailableError, available_devices, resolve_device, resolve_dtype
@@ -80,6 +81,7 @@ def load_model(
     Raises `UnknownModelError`, `FileNotFoundError`, `ModelDownloadError`,
     `CheckpointError` or `DeviceNotAvailableError` with a message that says what to do.
     """
+    hide_triton_if_llvm_is_loaded()  # building a model imports torch._dynamo
     # Checked first, so a bad device name fails before a download of gigabytes.
     target = resolve_device(device)
     dtype = resolve_dtype(dtype, target)
