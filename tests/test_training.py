@@ -313,3 +313,36 @@ def test_batch_workers_end_when_the_training_process_is_killed(tmp_path):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers)
+
+
+def test_a_time_budget_fits_the_step_count_so_the_schedule_ends_on_time(monkeypatch):
+    from napari_sam.training import bundled
+
+    clock = [0.0]
+    monkeypatch.setattr(bundled.time, "perf_counter", lambda: clock[0])
+    config = TrainingConfig(steps=10**7)
+    budget = bundled.TimeBudget(config, seconds=100.0, settle=20, every=50)
+    step = 0
+    while not budget.spent():
+        step += 1
+        clock[0] += 2.0 if step <= 20 else 1.0  # slow while the workers warm up
+        budget.update(step)
+    # 40 s for the first 20 steps, then 1 s per step: 60 more steps fit
+    assert step == config.steps == 80
+    assert clock[0] == pytest.approx(100.0)
+
+
+def test_the_bundled_command_stops_when_its_minutes_are_up(tmp_path):
+    import time
+
+    from napari_sam.training import bundled
+    from napari_sam.zoo import read_checkpoint
+
+    out = tmp_path / "tiny.pt"
+    start = time.perf_counter()
+    args = ["--minutes", "0.05", "--batch-size", "1", "--objects-per-image", "1", "--workers", "0"]
+    assert bundled.main([*args, "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 30
+    steps = torch.load(out, weights_only=True)["napari_sam_finetune"]["steps"]
+    assert 1 <= steps < 10**6
+    assert read_checkpoint(out)[1] is not None

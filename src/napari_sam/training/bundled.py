@@ -1,6 +1,7 @@
 """Train the bundled `tiny_cells` model from scratch on synthetic microscopy.
 
     python -m napari_sam.training.bundled --steps 3000 --out tiny_cells.pt
+    python -m napari_sam.training.bundled --minutes 8 --init tiny_cells.pt --out next.pt
 
 The batches depend only on (seed, step), also when drawn by worker processes, and the
 checkpoint next to the output makes an interrupted run resumable. `--snapshot-every N`
@@ -45,6 +46,33 @@ def training_config(
     )
 
 
+class TimeBudget:
+    """Fits a run's step count to a wall-clock budget (a GPU lent for minutes). The pace
+    is measured from step `settle` on (worker processes warm up before), the step count
+    re-estimated every `every` steps; the cosine schedule reads `config.steps`, so it
+    still ends at zero when the time is up."""
+
+    def __init__(self, config: TrainingConfig, seconds: float, settle: int = 20, every: int = 50):
+        self.config, self.seconds, self.settle, self.every = config, seconds, settle, every
+        self.start = time.perf_counter()
+        self.mark: tuple[int, float] | None = None
+        self.step = 0
+
+    def update(self, step: int) -> None:
+        now = time.perf_counter()
+        self.step = step
+        if step == self.settle:
+            self.mark = (step, now)
+        elif self.mark and step % self.every == 0:
+            pace = (now - self.mark[1]) / (step - self.mark[0])
+            left = self.seconds - (now - self.start)
+            self.config.steps = step + max(1, int(left / pace))
+
+    def spent(self) -> bool:
+        over = time.perf_counter() - self.start > self.seconds
+        return over or self.step >= self.config.steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
@@ -67,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-checkpoint", type=Path, help="resumable state (default: next to --out)"
     )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="train for this long instead of --steps (the step count is fitted as it goes)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -85,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.objects_per_image = args.objects_per_image
     config.correction_rounds = args.correction_rounds
+    budget = None
+    if args.minutes:
+        config.steps = 10**7  # until the first estimate
+        budget = TimeBudget(config, args.minutes * 60)
     start = time.perf_counter()
     metadata = {
         "trained": "synthetic",
@@ -95,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def report(step: int, total: int, stats: dict) -> None:
+        if budget is not None:
+            budget.update(step)
+            total = config.steps
         if step % 25 == 0 or step == total:
             print(
                 f"step {step}/{total} loss {stats['loss']:.3f} iou {stats['iou']:.3f} "
@@ -104,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.snapshot_every and step % args.snapshot_every == 0 and step < total:
             save_finetuned(model, args.out, metadata={**metadata, "steps": step})
 
-    train(model, synthetic_source, config, progress=report)
+    history = train(
+        model, synthetic_source, config, progress=report, should_stop=budget and budget.spent
+    )
+    steps = history[-1]["step"] if history else config.steps
     # The format load_model reads back with its config (about 9 MB in float32).
     model = model.cpu().float()
-    save_finetuned(model, args.out, metadata={**metadata, "steps": args.steps})
+    save_finetuned(model, args.out, metadata={**metadata, "steps": steps})
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
