@@ -27,6 +27,9 @@ from .prompting import correction_points, first_points, jittered_boxes
 
 @dataclass
 class TrainingConfig:
+    """Settings of a training run (see `train`); a step trains on `batch_size` images with
+    up to `objects_per_image` prompted objects each."""
+
     steps: int = 200
     batch_size: int = 2  # images per step
     objects_per_image: int = 8
@@ -151,6 +154,11 @@ def _decode(model: Sam, features, points, labels, boxes, mask_input, multimask: 
     return low, logits, iou
 
 
+def _append(prompts: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """(N, k, ...) prompts so far (None: none yet) plus one more per object (N, ...)."""
+    return new[:, None] if prompts is None else torch.cat([prompts, new[:, None]], 1)
+
+
 def training_step(
     model: Sam, batch: Batch, generator: torch.Generator | None, config: TrainingConfig
 ) -> tuple[torch.Tensor, dict]:
@@ -192,16 +200,7 @@ def training_step(
             new_points, new_labels = correction_points(
                 logits.detach()[rows, best] > 0, target, generator
             )
-            points = (
-                new_points[:, None]
-                if points is None
-                else torch.cat([points, new_points[:, None]], 1)
-            )
-            labels = (
-                new_labels[:, None]
-                if labels is None
-                else torch.cat([labels, new_labels[:, None]], 1)
-            )
+            points, labels = _append(points, new_points), _append(labels, new_labels)
             low, logits, iou = _decode(
                 model, image_features, points, labels, boxes, previous, False
             )
