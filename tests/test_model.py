@@ -287,3 +287,21 @@ def test_prompts_share_one_image_side_until_they_change_it(tiny_model):
             )
             torch.testing.assert_close(batch[i : i + 1], one, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(batch_iou[i : i + 1], one_iou, rtol=1e-4, atol=1e-5)
+
+
+def test_embeddings_are_channels_last_and_decode_the_same_either_way(tiny_model):
+    """The decoder reads the embedding as (h*w, C) tokens: stored channels-last (as
+    encode_image returns it) they are a contiguous view; channels-first gives the same
+    numbers, only slower."""
+    image = torch.rand(1, 3, 200, 256) * 255
+    with torch.inference_mode():
+        features = tiny_model.encode_image(image)
+        assert features.is_contiguous(memory_format=torch.channels_last)
+        assert tiny_model.prompt_encoder.get_dense_pe().is_contiguous(
+            memory_format=torch.channels_last
+        )
+        points = (torch.tensor([[[100.0, 60.0]]]), torch.tensor([[1]]))
+        last = tiny_model.decode(features, points, None, None, True)
+        first = tiny_model.decode(features.contiguous(), points, None, None, True)
+    for a, b in zip(last, first, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

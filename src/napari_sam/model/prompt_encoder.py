@@ -77,7 +77,8 @@ class PromptEncoder(nn.Module):
         self._dense_pe_key: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid, (1, C, h, w).
+        """Positional encoding of the image embedding grid, (1, C, h, w), stored
+        channels-last.
 
         Cached: it costs more than the rest of the prompt encoding and changes only when
         the random matrix does (loading weights, moving devices) or the grad mode does
@@ -91,7 +92,9 @@ class PromptEncoder(nn.Module):
             torch.is_inference_mode_enabled(),
         )
         if self._dense_pe_key != key:
-            self._dense_pe = self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
+            grid = self.pe_layer.grid(*self.image_embedding_size).unsqueeze(0)
+            # channels-last, like the image embedding (see Sam.encode_image)
+            self._dense_pe = grid.contiguous(memory_format=torch.channels_last)
             self._dense_pe_key = key
         return self._dense_pe
 
