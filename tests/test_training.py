@@ -9,9 +9,9 @@ from napari_sam.model import build_sam
 from napari_sam.training.data import (
     LabelledImage,
     augment,
+    choose_objects,
     draw_batch,
     from_pairs,
-    sample_objects,
 )
 from napari_sam.training.evaluate import single_click_iou
 from napari_sam.training.loop import TrainingConfig, step_generator, train, training_step
@@ -128,7 +128,7 @@ def test_augment_keeps_labels_aligned_with_pixels():
         inside = example.levels[0] == 7
         if inside.any():
             assert (bright == inside).mean() > 0.97
-        masks = sample_objects(rng, example, 4)
+        masks = [example.levels[lv] == i for lv, i in choose_objects(rng, example, 4)]
         assert all(m.shape == example.pixels.shape[:2] for m in masks)
 
 

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from ._llvm_guard import hide_triton_if_llvm_is_loaded
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
-from ._widget import PREVIEW_NAME
+from ._widget import LOCAL_FILE, PREVIEW_NAME, device_choices, model_choices
 
 if TYPE_CHECKING:
     import napari
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from .training.finetuning import FinetuneResult
 
 MAIN_WIDGET_MODEL = "(model in the Segment Anything widget)"
-LOCAL_FILE = "local file..."
 CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
 DECODER_ONLY, FULL = "decoder only (fast)", "full model"
 
@@ -151,9 +150,7 @@ class FinetuneWidget(QWidget):
         self.fill_model_choices()
         form.addRow("Start from", self.model_combo)
         self.device_combo = QComboBox()
-        from .zoo import available_devices
-
-        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.addItems(device_choices())
         form.addRow("Device", self.device_combo)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems([DECODER_ONLY, FULL])
@@ -201,17 +198,11 @@ class FinetuneWidget(QWidget):
 
     def fill_model_choices(self) -> None:
         """Model choices: the one loaded in the main widget, the zoo, fine-tuned ones."""
-        from .training.finetuning import finetuned_models
-        from .zoo import registry
-
         current = self.model_combo.currentData()
         self.model_combo.clear()
         self.model_combo.addItem(MAIN_WIDGET_MODEL, MAIN_WIDGET_MODEL)
-        for name in registry():
-            self.model_combo.addItem(name, name)
-        for name, path in finetuned_models().items():
-            self.model_combo.addItem(f"{name} (fine-tuned)", str(path))
-        self.model_combo.addItem(LOCAL_FILE, LOCAL_FILE)
+        for label, data in model_choices(marked=False):
+            self.model_combo.addItem(label, data)
         index = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(max(index, 0))
 

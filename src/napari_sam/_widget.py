@@ -118,6 +118,28 @@ class _EncodingCancelled(Exception):
     """Raised between encoder blocks when the user cancelled the embedding."""
 
 
+def model_choices(marked: bool) -> list[tuple[str, str]]:
+    """(label, data) of every model a widget offers: the zoo's names (`marked`: with
+    "(bundled)" or "(cached)" where no download is needed), fine-tuned checkpoints
+    (data: their path), then "local file..."."""
+    from .training.finetuning import finetuned_models
+    from .zoo import is_downloaded, registry
+
+    choices = []
+    for name, entry in registry().items():
+        note = " (bundled)" if entry.bundled else " (cached)" if is_downloaded(entry) else ""
+        choices.append((name + note if marked else name, name))
+    choices += [(f"{name} (fine-tuned)", str(path)) for name, path in finetuned_models().items()]
+    return [*choices, (LOCAL_FILE, LOCAL_FILE)]
+
+
+def device_choices() -> list[str]:
+    """ "auto" and the devices this machine has."""
+    from .zoo import available_devices
+
+    return ["auto", *available_devices()]
+
+
 class SamWidget(QWidget):
     """Segment Anything in napari. Scripting:
 
@@ -303,17 +325,11 @@ class SamWidget(QWidget):
         layout.addStretch(1)
 
     def _fill_model_choices(self) -> None:
-        from .zoo import default_model, is_downloaded, registry
+        from .zoo import default_model
 
         self.model_combo.clear()
-        for name, entry in registry().items():
-            suffix = " (bundled)" if entry.bundled else " (cached)" if is_downloaded(entry) else ""
-            self.model_combo.addItem(name + suffix, name)
-        from .training.finetuning import finetuned_models
-
-        for name, path in finetuned_models().items():  # loaded by path
-            self.model_combo.addItem(f"{name} (fine-tuned)", str(path))
-        self.model_combo.addItem(LOCAL_FILE, LOCAL_FILE)
+        for label, data in model_choices(marked=True):
+            self.model_combo.addItem(label, data)
         self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(default_model())))
 
     def refresh_model_choices(self, select: str | None = None) -> None:
@@ -326,12 +342,8 @@ class SamWidget(QWidget):
             self.model_combo.setCurrentIndex(index)
 
     def _fill_devices(self) -> None:
-        from .zoo import available_devices
-
         self.device_combo.clear()
-        self.device_combo.addItem("auto")
-        for device in available_devices():
-            self.device_combo.addItem(device)
+        self.device_combo.addItems(device_choices())
 
     def _set_status(self, text: str) -> None:
         self.status_label.setText(text)

@@ -10,6 +10,11 @@ from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
 
+def _outputs(multimask_output: bool) -> slice:
+    """The mask tokens a caller gets: the 3 ambiguity outputs, or the single one."""
+    return slice(1, None) if multimask_output else slice(0, 1)
+
+
 class MaskDecoder(nn.Module):
     """Decodes one IoU token and `num_multimask_outputs + 1` mask tokens.
 
@@ -65,7 +70,7 @@ class MaskDecoder(nn.Module):
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        chosen = _outputs(multimask_output)
         return masks[:, chosen], iou[:, chosen]
 
     def predict_masks(
@@ -100,7 +105,7 @@ class MaskDecoder(nn.Module):
         hs, src = self._attend(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        chosen = _outputs(multimask_output)
         iou = self._iou(hs)[:, chosen]
         rows = torch.nonzero((iou > min_iou).any(dim=1))[:, 0]
         if len(rows) == 0:

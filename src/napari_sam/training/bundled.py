@@ -26,14 +26,21 @@ from .synthetic import synthetic_source
 
 
 def training_config(
-    steps: int, batch_size: int, lr: float, seed: int, workers: int, run_checkpoint: Path
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    workers: int,
+    run_checkpoint: Path,
+    objects_per_image: int = 16,
+    correction_rounds: int = 2,
 ) -> TrainingConfig:
     """The recipe of the shipped weights."""
     return TrainingConfig(
         steps=steps,
         batch_size=batch_size,
-        objects_per_image=16,
-        correction_rounds=2,
+        objects_per_image=objects_per_image,
+        correction_rounds=correction_rounds,
         box_fraction=0.3,
         learning_rate=lr,
         weight_decay=0.05,
@@ -115,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.workers,
         args.run_checkpoint or args.out.with_suffix(".run.pt"),
+        args.objects_per_image,
+        args.correction_rounds,
     )
-    config.objects_per_image = args.objects_per_image
-    config.correction_rounds = args.correction_rounds
     budget = None
     if args.minutes:
         config.steps = 10**7  # until the first estimate

@@ -101,14 +101,6 @@ def choose_objects(
     return [candidates[p] for p in picks]
 
 
-def sample_objects(
-    rng: np.random.Generator, example: Example, count: int, min_area: int = 4
-) -> list[np.ndarray]:
-    """Up to `count` true masks drawn from all levels, each instance equally likely."""
-    chosen = choose_objects(rng, example, count, min_area)
-    return [example.levels[level] == object_id for level, object_id in chosen]
-
-
 @dataclass
 class Batch:
     """The examples of one training step and the objects to prompt in each."""
