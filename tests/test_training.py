@@ -13,6 +13,7 @@ from napari_sam.training.data import (
     draw_batch,
     from_pairs,
 )
+from napari_sam.training.dense import DenseHead, dense_targets
 from napari_sam.training.evaluate import single_click_iou
 from napari_sam.training.loop import TrainingConfig, step_generator, train, training_step
 from napari_sam.training.losses import dice_loss, focal_loss, sam_loss
@@ -206,35 +207,73 @@ def test_decoder_only_fine_tuning_raises_held_out_iou():
         assert torch.equal(value, encoder_before[key]), key
 
 
-def test_training_resumes_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("dense_weight", [0.0, 1.0])
+def test_training_resumes_from_its_checkpoint(tmp_path, dense_weight):
     source = cells_source()
 
     def fresh():
         torch.manual_seed(0)
         return build_sam(TINY)
 
+    def config(**kwargs):
+        return TrainingConfig(
+            steps=4, correction_rounds=0, batch_size=1, dense_weight=dense_weight, **kwargs
+        )
+
     straight = fresh()
-    train(straight, source, TrainingConfig(steps=4, correction_rounds=0, batch_size=1))
+    train(straight, source, config())
 
     path = tmp_path / "run.pt"
     interrupted = fresh()
     stops = iter([False, False, True])
-    train(
-        interrupted,
-        source,
-        TrainingConfig(steps=4, correction_rounds=0, batch_size=1, checkpoint_path=str(path)),
-        should_stop=lambda: next(stops),
-    )
-    assert torch.load(path, weights_only=True)["step"] == 2
+    train(interrupted, source, config(checkpoint_path=str(path)), should_stop=lambda: next(stops))
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 2 and ("dense_head" in state) == (dense_weight > 0)
     resumed = fresh()
-    history = train(
-        resumed,
-        source,
-        TrainingConfig(steps=4, correction_rounds=0, batch_size=1, checkpoint_path=str(path)),
-    )
+    history = train(resumed, source, config(checkpoint_path=str(path)))
     assert [h["step"] for h in history] == [3, 4]
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_targets_mark_each_level_and_the_edges_between_instances():
+    cells = np.zeros((24, 24), np.int64)
+    cells[4:20, 2:12], cells[4:20, 12:22] = 1, 2  # two touching cells
+    nuclei = np.zeros_like(cells)
+    nuclei[8:14, 4:9] = 1
+    targets = dense_targets(torch.from_numpy(np.stack([cells, nuclei]))[None])[0]
+    assert targets.shape == (4, 24, 24)
+    assert torch.equal(targets[0].bool(), torch.from_numpy(cells > 0))
+    assert torch.equal(targets[1].bool(), torch.from_numpy(nuclei > 0))
+    assert not targets[2].any()  # no third level given
+    edge = targets[3].bool()
+    assert edge[12, 11] and edge[12, 12]  # where the two cells touch
+    assert edge[3, 6] and edge[8, 6] and edge[12, 20]  # cell and nucleus outlines, 3 px wide
+    assert not edge[0, 0] and not edge[16, 6] and not edge[11, 6]  # background, insides
+
+
+def test_the_dense_head_reads_each_token_into_its_own_patch():
+    torch.manual_seed(0)
+    head = DenseHead(channels=8, patch_size=4)
+    features = torch.zeros(1, 8, 3, 5)
+    baseline = head(features)
+    features[0, :, 1, 2] = torch.randn(8)
+    changed = (head(features) != baseline).any(dim=1)[0]
+    assert changed.shape == (12, 20)
+    expected = torch.zeros(12, 20, dtype=torch.bool)
+    expected[4:8, 8:12] = True
+    assert torch.equal(changed, expected)
+
+
+def test_dense_supervision_teaches_the_encoder_the_outlines():
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    config = TrainingConfig(
+        steps=30, learning_rate=2e-3, correction_rounds=0, warmup_steps=2, dense_weight=1.0
+    )
+    history = train(model, blobs, config)
+    dense = [h["dense"] for h in history]
+    assert np.mean(dense[-5:]) < 0.6 * np.mean(dense[:5])
 
 
 def test_worker_processes_draw_the_same_batches_as_the_loop():

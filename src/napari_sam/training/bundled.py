@@ -34,6 +34,7 @@ def training_config(
     run_checkpoint: Path,
     objects_per_image: int = 16,
     correction_rounds: int = 2,
+    dense_weight: float = 1.0,
 ) -> TrainingConfig:
     """The recipe of the shipped weights."""
     return TrainingConfig(
@@ -50,6 +51,7 @@ def training_config(
         checkpoint_every=200,
         checkpoint_path=str(run_checkpoint),
         workers=workers,
+        dense_weight=dense_weight,
     )
 
 
@@ -100,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects-per-image", type=int, default=16)
     parser.add_argument("--correction-rounds", type=int, default=2)
     parser.add_argument(
+        "--dense-weight",
+        type=float,
+        default=1.0,
+        help="weight of the encoder's dense auxiliary loss (0: SAM's loss alone)",
+    )
+    parser.add_argument(
         "--run-checkpoint", type=Path, help="resumable state (default: next to --out)"
     )
     parser.add_argument(
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         args.run_checkpoint or args.out.with_suffix(".run.pt"),
         args.objects_per_image,
         args.correction_rounds,
+        args.dense_weight,
     )
     budget = None
     if args.minutes:
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "init": args.init.name if args.init else None,
+        "dense_weight": args.dense_weight,
     }
 
     def report(step: int, total: int, stats: dict) -> None:
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 25 == 0 or step == total:
             print(
                 f"step {step}/{total} loss {stats['loss']:.3f} iou {stats['iou']:.3f} "
+                f"dense {stats.get('dense', 0):.3f} "
                 f"lr {stats['lr']:.2e} {time.perf_counter() - start:.0f} s",
                 flush=True,
             )

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..model import Sam
 from .data import Batch, Source, draw_batch
+from .dense import DenseHead, dense_loss
 from .losses import sam_loss
 from .prompting import correction_points, first_points, jittered_boxes
 
@@ -46,6 +47,7 @@ class TrainingConfig:
     checkpoint_path: str | None = None  # resumed from when it exists
     autocast: bool = True  # bfloat16 autocast on CUDA
     workers: int = 0  # processes drawing batches ahead (0: in the loop); needs a picklable source
+    dense_weight: float = 0.0  # weight of the encoder's dense auxiliary loss (see .dense)
 
 
 # progress(step, total_steps, statistics) -> None
@@ -117,9 +119,10 @@ def _exit_with(parent: int) -> None:
 
 def _targets(
     batch: Batch, size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input pixels (B, 3, h, w) uint8 padded to the largest example, the true masks
-    (N, size, size) of all chosen objects and the index of each one's image (N,)."""
+    (N, size, size) of all chosen objects, the index of each one's image (N,) and the
+    label images (B, depth, size, size)."""
     examples = batch.examples
     height = max(ex.pixels.shape[0] for ex in examples)
     width = max(ex.pixels.shape[1] for ex in examples)
@@ -141,7 +144,7 @@ def _targets(
         torch.tensor(v, dtype=torch.long, device=device) for v in (owner, level, ids)
     )
     masks = levels_t[owner_t, level_t] == ids_t[:, None, None]
-    return torch.from_numpy(pixels).to(device), masks, owner_t
+    return torch.from_numpy(pixels).to(device), masks, owner_t, levels_t
 
 
 def _decode(model: Sam, features, points, labels, boxes, mask_input, multimask: bool):
@@ -160,21 +163,29 @@ def _append(prompts: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
 
 
 def training_step(
-    model: Sam, batch: Batch, generator: torch.Generator | None, config: TrainingConfig
+    model: Sam,
+    batch: Batch,
+    generator: torch.Generator | None,
+    config: TrainingConfig,
+    dense_head: DenseHead | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Loss of one batch, with interactive prompting simulated round by round.
 
     All objects of all images are decoded together: once with their first prompt (a
     point, with the 3 ambiguity outputs, or a box), then once per correction round with
     a point from the error region added and the previous best logits as mask input.
+    With a `dense_head`, its loss on all pixels is added, weighted by `config.dense_weight`.
     """
     size, device = model.img_size, model.device
-    pixels, truth, owner = _targets(batch, size, device)
+    pixels, truth, owner, levels = _targets(batch, size, device)
     dtype = model.image_encoder.patch_embed.proj.weight.dtype
     with torch.set_grad_enabled(not config.freeze_encoder and torch.is_grad_enabled()):
         features = model.image_encoder(model.preprocess(pixels).to(dtype)).float()
+    dense = features.sum() * 0.0
+    if dense_head is not None:
+        dense = config.dense_weight * dense_loss(dense_head, features, levels)
     if len(truth) == 0:
-        return features.sum() * 0.0, {"loss": 0.0, "iou": float("nan")}
+        return dense, {"loss": dense.item(), "iou": float("nan"), "dense": dense.item()}
 
     boxed = torch.rand(len(truth), generator=generator, device=device) < config.box_fraction
     losses, first_ious = [], []
@@ -206,8 +217,11 @@ def training_step(
             )
             loss, _, _ = sam_loss(logits, iou, target)
             losses.append(loss)
-    total = torch.stack(losses).mean()
-    return total, {"loss": total.item(), "iou": torch.cat(first_ious).mean().item()}
+    prompted = torch.stack(losses).mean()
+    stats = {"loss": prompted.item(), "iou": torch.cat(first_ious).mean().item()}
+    if dense_head is not None:
+        stats["dense"] = dense.item()
+    return prompted + dense, stats
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -216,7 +230,13 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 
 
 def save_checkpoint(
-    path: str | Path, model: Sam, optimizer, scheduler, step: int, config: TrainingConfig
+    path: str | Path,
+    model: Sam,
+    optimizer,
+    scheduler,
+    step: int,
+    config: TrainingConfig,
+    dense_head: DenseHead | None = None,
 ) -> None:
     """Everything needed to resume, written atomically (temporary file, then rename)."""
     path = Path(path)
@@ -229,17 +249,19 @@ def save_checkpoint(
         "training_config": asdict(config),
         "config": model.config.to_dict() if model.config else None,
     }
+    if dense_head is not None:
+        state["dense_head"] = dense_head.state_dict()
     partial = path.with_suffix(path.suffix + ".partial")
     torch.save(state, partial)
     partial.replace(path)
 
 
-def _optimise(model, batch, step, config, optimizer, scheduler, trainable) -> dict:
+def _optimise(model, batch, step, config, optimizer, scheduler, trainable, dense_head) -> dict:
     """One optimiser step on one batch; its statistics."""
     generator = step_generator(config.seed, step, model.device)
     autocast = config.autocast and model.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        loss, stats = training_step(model, batch, generator, config)
+        loss, stats = training_step(model, batch, generator, config, dense_head)
     optimizer.zero_grad(set_to_none=True)
     if loss.requires_grad:
         loss.backward()
@@ -273,6 +295,11 @@ def train(
     ]
     for name, p in model.named_parameters():
         p.requires_grad_(not (config.freeze_encoder and name.startswith("image_encoder.")))
+    dense_head = None
+    if config.dense_weight > 0 and not config.freeze_encoder:
+        patch_size = model.image_encoder.patch_embed.proj.kernel_size[0]
+        dense_head = DenseHead(model.prompt_encoder.embed_dim, patch_size)
+        trainable += list(dense_head.to(model.device).parameters())
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -283,6 +310,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if dense_head is not None and "dense_head" in state:
+            dense_head.load_state_dict(state["dense_head"])
         start = int(state["step"])
     # One generator per step keeps a resumed run identical to an uninterrupted one.
     history = []
@@ -291,20 +320,34 @@ def train(
         for step, batch in zip(range(start, config.steps), batches, strict=False):
             if should_stop is not None and should_stop():
                 break
-            stats = _optimise(model, batch, step, config, optimizer, scheduler, trainable)
+            stats = _optimise(
+                model, batch, step, config, optimizer, scheduler, trainable, dense_head
+            )
             history.append(stats)
             if progress is not None:
                 progress(step + 1, config.steps, stats)
             every = config.checkpoint_every
             if config.checkpoint_path and every and (step + 1) % every == 0:
                 save_checkpoint(
-                    config.checkpoint_path, model, optimizer, scheduler, step + 1, config
+                    config.checkpoint_path,
+                    model,
+                    optimizer,
+                    scheduler,
+                    step + 1,
+                    config,
+                    dense_head,
                 )
     finally:
         batches.close()
     if config.checkpoint_path:
         save_checkpoint(
-            config.checkpoint_path, model, optimizer, scheduler, start + len(history), config
+            config.checkpoint_path,
+            model,
+            optimizer,
+            scheduler,
+            start + len(history),
+            config,
+            dense_head,
         )
     model.eval()
     for p in model.parameters():
