@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ._allocator import keep_freed_memory_for_reuse
 from .image import resize_longest_side, resized_shape, to_uint8_rgb
 from .model import Sam
 
@@ -51,6 +52,7 @@ class SamPredictor:
     def __init__(self, model: Sam) -> None:
         self.model = model.eval()
         self._embedding: ImageEmbedding | None = None
+        keep_freed_memory_for_reuse()  # a click's temporaries would page-fault anew
 
     # -- image ---------------------------------------------------------------------
     def set_image(
