@@ -305,3 +305,21 @@ def test_embeddings_are_channels_last_and_decode_the_same_either_way(tiny_model)
         first = tiny_model.decode(features.contiguous(), points, None, None, True)
     for a, b in zip(last, first, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(
+    tiny_model, prompts
+):
+    """Without autograd the decoder updates its own image-side temporaries in place;
+    the result is the one autograd sees, and the caller's embedding is untouched."""
+    features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    kept = features.clone()
+    points = (torch.rand(prompts, 2, 2) * 256, torch.tensor([[1, 0]] * prompts))
+    with torch.enable_grad():
+        trained = tiny_model.decode(features, points, multimask_output=True)
+    with torch.inference_mode():
+        inferred = tiny_model.decode(features, points, multimask_output=True)
+    for a, b in zip(trained, inferred, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(features, kept)

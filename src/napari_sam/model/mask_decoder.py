@@ -67,11 +67,12 @@ class MaskDecoder(nn.Module):
 
         image_embeddings: (1 or B, C, h, w), shared by all B prompts when its batch is 1.
         """
-        masks, iou = self.predict_masks(
+        hs, src = self._attend(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
         chosen = _outputs(multimask_output)
-        return masks[:, chosen], iou[:, chosen]
+        grid = dense_prompt_embeddings.shape[-2:]
+        return self._masks(hs, src, grid, chosen), self._iou(hs)[:, chosen]
 
     def predict_masks(
         self,
@@ -113,17 +114,25 @@ class MaskDecoder(nn.Module):
             return iou, rows, iou.new_empty(0, iou.shape[1], 4 * height, 4 * width)
         if src.shape[0] > 1:
             src = src[rows]
-        masks = self._masks(hs[rows], src, dense_prompt_embeddings.shape[-2:])
-        return iou, rows, masks[:, chosen]
+        masks = self._masks(hs[rows], src, dense_prompt_embeddings.shape[-2:], chosen)
+        return iou, rows, masks
 
     def _iou(self, hs: torch.Tensor) -> torch.Tensor:
         return self.iou_prediction_head(hs[:, 0])
 
-    def _masks(self, hs: torch.Tensor, src: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _masks(
+        self,
+        hs: torch.Tensor,
+        src: torch.Tensor,
+        grid: tuple[int, int],
+        chosen: slice = slice(None),
+    ) -> torch.Tensor:
+        """Logits of the `chosen` mask tokens only: the unused ones cost a full-size
+        output each."""
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        classifiers = torch.stack(
-            [mlp(mask_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        tokens = range(self.num_mask_tokens)[chosen]
+        mlps = self.output_hypernetworks_mlps
+        classifiers = torch.stack([mlps[i](mask_out[:, i]) for i in tokens], dim=1)
         grid_tokens = src.view(-1, *grid, src.shape[-1]).expand(len(hs), -1, -1, -1)
         return self._upscale_and_classify(grid_tokens, classifiers)
 

@@ -41,12 +41,14 @@ class Attention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         residual: torch.Tensor | None = None,
+        overwrite_residual: bool = False,
     ) -> torch.Tensor:
         """Attention of q over (k, v), plus `residual` when given (one pass fewer over
-        the 4096 image tokens when they are the queries)."""
+        the 4096 image tokens when they are the queries). `overwrite_residual`: the sum
+        may be written into `residual` (no gradient needed, nothing else reads it)."""
         head_dim = self.q_proj.out_features // self.num_heads
         if k.shape[1] < head_dim < q.shape[1]:
-            return self._few_keys(q, k, v, residual)
+            return self._few_keys(q, k, v, residual, overwrite_residual)
         if q.shape[1] < head_dim < k.shape[1]:
             out = self._few_queries(q, k, v)
         else:
@@ -82,7 +84,12 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(batch, queries, heads * head_dim))
 
     def _few_keys(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None,
+        overwrite_residual: bool = False,
     ) -> torch.Tensor:
         """Many queries, few keys. Per head, (q W_q + b_q) . k_h = q . (W_q k_h) + b_q . k_h,
         and the output projection distributes over the weighted sum of values, so it is
@@ -111,6 +118,8 @@ class Attention(nn.Module):
         # Each head's weights sum to one per query, so the output bias spread over the
         # heads' values adds it exactly once, and the residual rides in the same product.
         values_out = values_out + self.out_proj.bias / heads
+        if overwrite_residual and residual.shape[0] == batch:
+            return residual.baddbmm_(weights, values_out)  # saves a copy of 4096 tokens
         return torch.baddbmm(residual, weights, values_out)
 
 
@@ -142,7 +151,10 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        overwrite_keys: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`overwrite_keys`: `keys` may be updated in place (the caller owns it and no
+        gradient is needed)."""
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt tokens themselves, which already
             # carry their positions; its output replaces them (no residual).
@@ -159,8 +171,10 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token(keys_with_pe, q, queries, residual=keys))
-        return queries, keys
+        attended = self.cross_attn_image_to_token(
+            keys_with_pe, q, queries, residual=keys, overwrite_residual=overwrite_keys
+        )
+        return queries, self.norm4(attended)
 
 
 class TwoWayTransformer(nn.Module):
@@ -196,8 +210,10 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for index, layer in enumerate(self.layers):
+            # Keys after the first layer are this call's own temporaries.
+            owned = index > 0 and not torch.is_grad_enabled()
+            queries, keys = layer(queries, keys, point_embedding, key_pe, owned)
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
