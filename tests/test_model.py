@@ -308,9 +308,7 @@ def test_embeddings_are_channels_last_and_decode_the_same_either_way(tiny_model)
 
 
 @pytest.mark.parametrize("prompts", [1, 3])
-def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(
-    tiny_model, prompts
-):
+def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(tiny_model, prompts):
     """Without autograd the decoder updates its own image-side temporaries in place;
     the result is the one autograd sees, and the caller's embedding is untouched."""
     features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
@@ -323,3 +321,39 @@ def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(
     for a, b in zip(trained, inferred, strict=True):
         torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
     assert torch.equal(features, kept)
+
+
+def test_clicks_on_one_image_reuse_its_image_side_until_something_changes(tiny_model):
+    """Without a mask input the decoder's image side is the same for every click on
+    an image; reusing it gives the results of computing it afresh, and a changed
+    embedding or no-mask weight is never served stale."""
+    features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    points = (torch.tensor([[[40.0, 90.0]]]), torch.tensor([[1]]))
+
+    def fresh():
+        with torch.enable_grad():  # autograd on: nothing is reused
+            return [t.detach() for t in tiny_model.decode(features, points)]
+
+    def click():
+        with torch.inference_mode():
+            return tiny_model.decode(features, points)
+
+    first, again = click(), click()
+    assert tiny_model._image_side[0] is features
+    for a, b, c in zip(first, again, fresh(), strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        features.mul_(-1)  # the embedding changes in place
+        changed = click()
+        assert not torch.allclose(changed[0], first[0])
+        torch.testing.assert_close(changed[0], fresh()[0], rtol=1e-5, atol=1e-5)
+        no_mask = tiny_model.prompt_encoder.no_mask_embed.weight
+        original = no_mask.clone()
+        no_mask.add_(1.0)  # fine-tuning moved it
+        try:
+            moved = click()
+            assert not torch.allclose(moved[0], changed[0])
+            torch.testing.assert_close(moved[0], fresh()[0], rtol=1e-5, atol=1e-5)
+        finally:
+            no_mask.copy_(original)

@@ -61,14 +61,21 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return low-res mask logits (B, M, 4h, 4w) and predicted IoU (B, M), with M = 3
         for `multimask_output` and 1 otherwise.
 
         image_embeddings: (1 or B, C, h, w), shared by all B prompts when its batch is 1.
+        image_side: (embeddings + dense prompt, that + image_pe as tokens) when the
+        caller already has them (see `Sam._unmasked_image_side`).
         """
         hs, src = self._attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            image_side,
         )
         chosen = _outputs(multimask_output)
         grid = dense_prompt_embeddings.shape[-2:]
@@ -95,6 +102,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float,
+        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like `forward`, but mask logits only for the prompts whose predicted IoU
         exceeds `min_iou` for at least one output: the IoU head needs no upscaling, so
@@ -104,7 +112,11 @@ class MaskDecoder(nn.Module):
         logits (K, M, 4h, 4w)).
         """
         hs, src = self._attend(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            image_side,
         )
         chosen = _outputs(multimask_output)
         iou = self._iou(hs)[:, chosen]
@@ -142,6 +154,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer: updated tokens (B, T, C) and image locations
         (B, h*w, C). Without a mask prompt the image side starts as one shared copy."""
@@ -154,6 +167,9 @@ class MaskDecoder(nn.Module):
             ],
             dim=1,
         )
+        if image_side is not None:
+            src, keys_with_pe = image_side
+            return self.transformer(src, image_pe.to(src.dtype), tokens, keys_with_pe)
         src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
         return self.transformer(src, image_pe.to(src.dtype), tokens)
 

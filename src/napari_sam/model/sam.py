@@ -38,6 +38,7 @@ class Sam(nn.Module):
         # Not part of the checkpoints: persistent=False keeps the state_dict official.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self._image_side: tuple | None = None  # see _unmasked_image_side
 
     @property
     def img_size(self) -> int:
@@ -78,12 +79,14 @@ class Sam(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the model's input frame -> (low-res logits (B, M, 256, 256), IoU (B, M))."""
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        dense_pe = self.prompt_encoder.get_dense_pe()
         return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            dense_pe,
             sparse,
             dense,
             multimask_output,
+            self._unmasked_image_side(image_embeddings, dense, dense_pe, mask_input),
         )
 
     def decode_iou_first(
@@ -99,14 +102,48 @@ class Sam(nn.Module):
         an output above `min_iou` (K,), their low-res logits (K, M, 256, 256)); the
         others' masks are never computed."""
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        dense_pe = self.prompt_encoder.get_dense_pe()
         return self.mask_decoder.predict_iou_first(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            dense_pe,
             sparse,
             dense,
             multimask_output,
             min_iou,
+            self._unmasked_image_side(image_embeddings, dense, dense_pe, mask_input),
         )
+
+    def _unmasked_image_side(
+        self,
+        image_embeddings: torch.Tensor,
+        dense: torch.Tensor,
+        dense_pe: torch.Tensor,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The decoder's image side before its first layer, for prompts without a mask
+        input: (embedding + no-mask embedding, that + dense PE as (1, h*w, C) tokens).
+        Both are the same for every click on one image, so they are kept for the last
+        embedding seen (held, so that its memory cannot be reused by another) until it,
+        the weights or the grad mode change. None when autograd is recording or a mask
+        input makes the image side prompt-specific."""
+        if mask_input is not None or image_embeddings.shape[0] != 1 or torch.is_grad_enabled():
+            return None
+        no_mask = self.prompt_encoder.no_mask_embed.weight
+        # Inference tensors keep no version counter; they can only be changed in place
+        # inside inference mode, which nothing here does to an embedding.
+        versions = (
+            None if image_embeddings.is_inference() else image_embeddings._version,
+            no_mask.data_ptr(),
+            no_mask._version,
+            dense_pe.data_ptr(),
+            torch.is_inference_mode_enabled(),
+        )
+        cached = self._image_side
+        if cached is None or cached[0] is not image_embeddings or cached[1] != versions:
+            src = image_embeddings.to(dense.dtype) + dense
+            keys_with_pe = (src + dense_pe.to(src.dtype)).flatten(2).transpose(1, 2)
+            self._image_side = cached = (image_embeddings, versions, (src, keys_with_pe))
+        return cached[2]
 
     def postprocess_masks(
         self,

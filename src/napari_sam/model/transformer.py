@@ -152,9 +152,10 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         overwrite_keys: bool = False,
+        keys_with_pe: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`overwrite_keys`: `keys` may be updated in place (the caller owns it and no
-        gradient is needed)."""
+        gradient is needed); `keys_with_pe`: keys + key_pe when the caller has it."""
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt tokens themselves, which already
             # carry their positions; its output replaces them (no residual).
@@ -165,7 +166,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         # keys do not change until the last step: one sum serves both cross-attentions
-        keys_with_pe = keys + key_pe
+        if keys_with_pe is None:
+            keys_with_pe = keys + key_pe
         q = queries + query_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, keys_with_pe, keys))
         queries = self.norm3(queries + self.mlp(queries))
@@ -203,17 +205,23 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        keys_with_pe: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C).
-        Returns the updated tokens (B, N, C) and image locations (B, h*w, C)."""
+        """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C);
+        keys_with_pe: the image tokens plus image_pe, (B, h*w, C), when the caller has
+        them. Returns the updated tokens (B, N, C) and image locations (B, h*w, C)."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for index, layer in enumerate(self.layers):
             # Keys after the first layer are this call's own temporaries.
             owned = index > 0 and not torch.is_grad_enabled()
-            queries, keys = layer(queries, keys, point_embedding, key_pe, owned)
+            first = keys_with_pe if index == 0 else None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, owned, first)
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
