@@ -210,10 +210,13 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         keys_with_pe: torch.Tensor | None = None,
+        outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C);
         keys_with_pe: the image tokens plus image_pe, (B, h*w, C), when the caller has
-        them. Returns the updated tokens (B, N, C) and image locations (B, h*w, C)."""
+        them. Returns the updated tokens (B, N, C) and image locations (B, h*w, C);
+        only the first `outputs` tokens when given (the last attention treats each token
+        on its own, so the others' is skipped)."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
@@ -222,6 +225,7 @@ class TwoWayTransformer(nn.Module):
             owned = index > 0 and not torch.is_grad_enabled()
             first = keys_with_pe if index == 0 else None
             queries, keys = layer(queries, keys, point_embedding, key_pe, owned, first)
+        queries, point_embedding = queries[:, :outputs], point_embedding[:, :outputs]
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
