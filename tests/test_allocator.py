@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from napari_sam._allocator import _glibc
+
 # Clicks with vit_b's decoder and input size (behind a one-block encoder, on a random
 # embedding): prints whether the setting took effect and the minor page faults per click.
 CLICKS = """
@@ -41,13 +43,6 @@ def clicks(**env) -> tuple[bool, float]:
         check=True,
     ).stdout.split()
     return out[0] == "True", float(out[1])
-
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
 
 
 glibc = pytest.mark.skipif(not _glibc(), reason="the setting exists for glibc only")

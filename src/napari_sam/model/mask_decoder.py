@@ -168,12 +168,13 @@ class MaskDecoder(nn.Module):
             dim=1,
         )
         # Only the IoU and mask tokens are read afterwards, not the prompts' own.
-        outputs = len(output_tokens)
-        if image_side is not None:
-            src, keys_with_pe = image_side
-            return self.transformer(src, image_pe.to(src.dtype), tokens, keys_with_pe, outputs)
-        src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
-        return self.transformer(src, image_pe.to(src.dtype), tokens, None, outputs)
+        if image_side is None:
+            src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
+            image_side = src, None
+        src, keys_with_pe = image_side
+        return self.transformer(
+            src, image_pe.to(src.dtype), tokens, keys_with_pe, outputs=len(output_tokens)
+        )
 
     def _upscale_and_classify(self, grid: torch.Tensor, classifiers: torch.Tensor) -> torch.Tensor:
         """Apply `output_upscaling` to a (B, h, w, C) grid and every mask token's linear

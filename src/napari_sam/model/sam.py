@@ -78,15 +78,11 @@ class Sam(nn.Module):
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the model's input frame -> (low-res logits (B, M, 256, 256), IoU (B, M))."""
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
-        dense_pe = self.prompt_encoder.get_dense_pe()
+        image_pe, sparse, dense, image_side = self._decoder_inputs(
+            image_embeddings, points, boxes, mask_input
+        )
         return self.mask_decoder(
-            image_embeddings,
-            dense_pe,
-            sparse,
-            dense,
-            multimask_output,
-            self._unmasked_image_side(image_embeddings, dense, dense_pe, mask_input),
+            image_embeddings, image_pe, sparse, dense, multimask_output, image_side
         )
 
     def decode_iou_first(
@@ -101,17 +97,19 @@ class Sam(nn.Module):
         """`decode` for large prompt batches: (IoU (B, M), indices of the prompts with
         an output above `min_iou` (K,), their low-res logits (K, M, 256, 256)); the
         others' masks are never computed."""
+        image_pe, sparse, dense, image_side = self._decoder_inputs(
+            image_embeddings, points, boxes, mask_input
+        )
+        return self.mask_decoder.predict_iou_first(
+            image_embeddings, image_pe, sparse, dense, multimask_output, min_iou, image_side
+        )
+
+    def _decoder_inputs(self, image_embeddings, points, boxes, mask_input) -> tuple:
+        """(dense PE, sparse tokens, dense prompt, image side or None) for the decoder."""
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         dense_pe = self.prompt_encoder.get_dense_pe()
-        return self.mask_decoder.predict_iou_first(
-            image_embeddings,
-            dense_pe,
-            sparse,
-            dense,
-            multimask_output,
-            min_iou,
-            self._unmasked_image_side(image_embeddings, dense, dense_pe, mask_input),
-        )
+        image_side = self._unmasked_image_side(image_embeddings, dense, dense_pe, mask_input)
+        return dense_pe, sparse, dense, image_side
 
     def _unmasked_image_side(
         self,

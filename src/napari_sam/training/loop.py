@@ -181,11 +181,12 @@ def training_step(
     dtype = model.image_encoder.patch_embed.proj.weight.dtype
     with torch.set_grad_enabled(not config.freeze_encoder and torch.is_grad_enabled()):
         features = model.image_encoder(model.preprocess(pixels).to(dtype)).float()
-    dense = features.sum() * 0.0
+    dense = None
     if dense_head is not None:
         dense = config.dense_weight * dense_loss(dense_head, features, levels)
     if len(truth) == 0:
-        return dense, {"loss": dense.item(), "iou": float("nan"), "dense": dense.item()}
+        loss = features.sum() * 0.0 if dense is None else dense  # keeps the graph
+        return loss, _statistics(loss, float("nan"), dense)
 
     boxed = torch.rand(len(truth), generator=generator, device=device) < config.box_fraction
     losses, first_ious = [], []
@@ -218,10 +219,16 @@ def training_step(
             loss, _, _ = sam_loss(logits, iou, target)
             losses.append(loss)
     prompted = torch.stack(losses).mean()
-    stats = {"loss": prompted.item(), "iou": torch.cat(first_ious).mean().item()}
-    if dense_head is not None:
+    stats = _statistics(prompted, torch.cat(first_ious).mean().item(), dense)
+    return (prompted if dense is None else prompted + dense), stats
+
+
+def _statistics(prompted: torch.Tensor, iou: float, dense: torch.Tensor | None) -> dict:
+    """A step's report: the prompted loss, the first prompts' IoU and the dense loss."""
+    stats = {"loss": prompted.item(), "iou": iou}
+    if dense is not None:
         stats["dense"] = dense.item()
-    return prompted + dense, stats
+    return stats
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
