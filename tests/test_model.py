@@ -326,7 +326,7 @@ def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(tin
 def test_clicks_on_one_image_reuse_its_image_side_until_something_changes(tiny_model):
     """Without a mask input the decoder's image side is the same for every click on
     an image; reusing it gives the results of computing it afresh, and a changed
-    embedding or no-mask weight is never served stale."""
+    embedding, no-mask weight or first-layer projection is never served stale."""
     features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     points = (torch.tensor([[[40.0, 90.0]]]), torch.tensor([[1]]))
 
@@ -357,3 +357,21 @@ def test_clicks_on_one_image_reuse_its_image_side_until_something_changes(tiny_m
             torch.testing.assert_close(moved[0], fresh()[0], rtol=1e-5, atol=1e-5)
         finally:
             no_mask.copy_(original)
+        # The first layer's projections of the image are kept too: a changed
+        # projection weight must not meet the old projections.
+        first = tiny_model.mask_decoder.transformer.layers[0]
+        for proj in (
+            first.cross_attn_token_to_image.k_proj,
+            first.cross_attn_token_to_image.v_proj,
+            first.cross_attn_image_to_token.q_proj,
+        ):
+            before = click()
+            original = proj.weight.clone()
+            proj.weight.mul_(1.5)
+            try:
+                after = click()
+                assert not torch.allclose(after[1], before[1])
+                torch.testing.assert_close(after[0], fresh()[0], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(after[1], fresh()[1], rtol=1e-5, atol=1e-5)
+            finally:
+                proj.weight.copy_(original)

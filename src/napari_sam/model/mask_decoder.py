@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import PreparedImage, TwoWayTransformer
 
 
 def _outputs(multimask_output: bool) -> slice:
@@ -61,14 +61,14 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_side: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return low-res mask logits (B, M, 4h, 4w) and predicted IoU (B, M), with M = 3
         for `multimask_output` and 1 otherwise.
 
         image_embeddings: (1 or B, C, h, w), shared by all B prompts when its batch is 1.
-        image_side: (embeddings + dense prompt, that + image_pe as tokens) when the
-        caller already has them (see `Sam._unmasked_image_side`).
+        image_side: the transformer's `prepare`d embeddings + dense prompt when the
+        caller keeps them (see `Sam._unmasked_image_side`).
         """
         hs, src = self._attend(
             image_embeddings,
@@ -102,7 +102,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float,
-        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_side: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like `forward`, but mask logits only for the prompts whose predicted IoU
         exceeds `min_iou` for at least one output: the IoU head needs no upscaling, so
@@ -154,7 +154,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-        image_side: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_side: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer: updated tokens (B, T, C) and image locations
         (B, h*w, C). Without a mask prompt the image side starts as one shared copy."""
@@ -168,13 +168,11 @@ class MaskDecoder(nn.Module):
             dim=1,
         )
         # Only the IoU and mask tokens are read afterwards, not the prompts' own.
+        src = None
         if image_side is None:
             src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
-            image_side = src, None
-        src, keys_with_pe = image_side
-        return self.transformer(
-            src, image_pe.to(src.dtype), tokens, keys_with_pe, outputs=len(output_tokens)
-        )
+        image_pe = image_pe.to(output_tokens.dtype)
+        return self.transformer(src, image_pe, tokens, image_side, outputs=len(output_tokens))
 
     def _upscale_and_classify(self, grid: torch.Tensor, classifiers: torch.Tensor) -> torch.Tensor:
         """Apply `output_upscaling` to a (B, h, w, C) grid and every mask token's linear

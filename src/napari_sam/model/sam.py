@@ -12,7 +12,7 @@ from .configs import SamConfig, get_config
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transformer import TwoWayTransformer
+from .transformer import PreparedImage, TwoWayTransformer
 
 
 class Sam(nn.Module):
@@ -117,30 +117,31 @@ class Sam(nn.Module):
         dense: torch.Tensor,
         dense_pe: torch.Tensor,
         mask_input: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> PreparedImage | None:
         """The decoder's image side before its first layer, for prompts without a mask
-        input: (embedding + no-mask embedding, that + dense PE as (1, h*w, C) tokens).
-        Both are the same for every click on one image, so they are kept for the last
-        embedding seen (held, so that its memory cannot be reused by another) until it,
-        the weights or the grad mode change. None when autograd is recording or a mask
-        input makes the image side prompt-specific."""
+        input: embedding + no-mask embedding, with the PE and the first layer's
+        projections (`TwoWayTransformer.prepare`). All are the same for every click on
+        one image, so they are kept for the last embedding seen (held, so that its
+        memory cannot be reused by another) until it, the weights they depend on or the
+        grad mode change. None when autograd is recording or a mask input makes the
+        image side prompt-specific."""
         if mask_input is not None or image_embeddings.shape[0] != 1 or torch.is_grad_enabled():
             return None
-        no_mask = self.prompt_encoder.no_mask_embed.weight
+        transformer = self.mask_decoder.transformer
+        weights = [self.prompt_encoder.no_mask_embed.weight, *transformer.prepared_weights()]
         # Inference tensors keep no version counter; they can only be changed in place
         # inside inference mode, which nothing here does to an embedding.
         versions = (
             None if image_embeddings.is_inference() else image_embeddings._version,
-            no_mask.data_ptr(),
-            no_mask._version,
+            *((w.data_ptr(), w._version) for w in weights),
             dense_pe.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
         cached = self._image_side
         if cached is None or cached[0] is not image_embeddings or cached[1] != versions:
             src = image_embeddings.to(dense.dtype) + dense
-            keys_with_pe = (src + dense_pe.to(src.dtype)).flatten(2).transpose(1, 2)
-            self._image_side = cached = (image_embeddings, versions, (src, keys_with_pe))
+            prepared = transformer.prepare(src, dense_pe.to(src.dtype))
+            self._image_side = cached = (image_embeddings, versions, prepared)
         return cached[2]
 
     def postprocess_masks(

@@ -3,6 +3,8 @@ attend to each other in turn."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,18 +44,37 @@ class Attention(nn.Module):
         v: torch.Tensor,
         residual: torch.Tensor | None = None,
         overwrite_residual: bool = False,
+        q_heads: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention of q over (k, v), plus `residual` when given (one pass fewer over
         the 4096 image tokens when they are the queries). `overwrite_residual`: the sum
-        may be written into `residual` (no gradient needed, nothing else reads it)."""
+        may be written into `residual` (no gradient needed, nothing else reads it).
+        `q_heads`: `head_projection(q, q_proj)` when the caller keeps it."""
         head_dim = self.q_proj.out_features // self.num_heads
-        if k.shape[1] < head_dim < q.shape[1]:
-            return self._few_keys(q, k, v, residual, overwrite_residual)
+        if q_heads is not None or k.shape[1] < head_dim < q.shape[1]:
+            return self._few_keys(q, k, v, residual, overwrite_residual, q_heads)
         if q.shape[1] < head_dim < k.shape[1]:
             out = self._few_queries(q, k, v)
         else:
             out = self._projected(q, k, v)
         return out if residual is None else residual + out
+
+    def head_projection(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        """(B, N, C) -> (B, heads, N, head_dim): `proj` applied, split into heads."""
+        return self._heads(proj(x))
+
+    def attend_to_projected(
+        self, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of q over keys and values already projected by `head_projection`
+        (an image's, kept from click to click): only the few queries are projected."""
+        batch = q.shape[0]
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(q)),
+            k_heads.expand(batch, -1, -1, -1),
+            v_heads.expand(batch, -1, -1, -1),
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, q.shape[1], -1))
 
     def _projected(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Textbook form: project all three, attend per head, project back."""
@@ -90,10 +111,13 @@ class Attention(nn.Module):
         v: torch.Tensor,
         residual: torch.Tensor | None,
         overwrite_residual: bool = False,
+        q_heads: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Many queries, few keys. Per head, (q W_q + b_q) . k_h = q . (W_q k_h) + b_q . k_h,
         and the output projection distributes over the weighted sum of values, so it is
-        applied to the few values first: the long side meets two thin matrix products."""
+        applied to the few values first: the long side meets two thin matrix products.
+        With the queries' projection given (`q_heads`), the logits are a product of
+        width head_dim instead of dim."""
         _, queries, dim = q.shape
         batch, keys = max(q.shape[0], k.shape[0]), k.shape[1]
         k, v = k.expand(batch, -1, -1), v.expand(batch, -1, -1)
@@ -102,13 +126,16 @@ class Attention(nn.Module):
         scale = head_dim**-0.5
         k_heads = self.k_proj(k).view(batch, keys, heads, head_dim)
         v_heads = self.v_proj(v).view(batch, keys, heads, head_dim)
-        w_q = self.q_proj.weight.view(heads, head_dim, dim)
-        folded = torch.einsum("hdc,bkhd->bhkc", w_q, k_heads).reshape(batch, -1, dim) * scale
-        key_bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(heads, head_dim), k_heads)
         # Logits laid out (B, heads, keys, queries): the softmax over the few keys then
         # runs along contiguous rows of queries, which vectorises.
-        # matmul, not baddbmm: q may be one image shared by all prompts (batch 1)
-        logits = folded @ q.transpose(1, 2) + key_bias.reshape(batch, -1, 1) * scale
+        if q_heads is not None:
+            logits = (k_heads.transpose(1, 2) * scale) @ q_heads.transpose(2, 3)
+        else:
+            w_q = self.q_proj.weight.view(heads, head_dim, dim)
+            folded = torch.einsum("hdc,bkhd->bhkc", w_q, k_heads).reshape(batch, -1, dim)
+            bias = torch.einsum("hd,bkhd->bhk", self.q_proj.bias.view(heads, head_dim), k_heads)
+            # matmul, not baddbmm: q may be one image shared by all prompts (batch 1)
+            logits = (folded * scale) @ q.transpose(1, 2) + bias.reshape(batch, -1, 1) * scale
         weights = logits.view(batch, heads, keys, queries).softmax(dim=2)
         w_o = self.out_proj.weight.view(-1, heads, head_dim)
         values_out = torch.einsum("bkhd,ohd->bhko", v_heads, w_o).reshape(batch, heads * keys, -1)
@@ -121,6 +148,21 @@ class Attention(nn.Module):
         if overwrite_residual and residual.shape[0] == batch:
             return residual.baddbmm_(weights, values_out)  # saves a copy of 4096 tokens
         return torch.baddbmm(residual, weights, values_out)
+
+
+class PreparedImage(NamedTuple):
+    """An image side as the first decoder layer reads it, the same for every prompt
+    without a mask input: the tokens, them plus the PE, and their projections by the
+    first layer's two cross-attentions (keys and values for the tokens' attention, the
+    queries of the image's), each (1, heads, h*w, head_dim). Kept from click to click,
+    the projections turn the first layer's image-side products from the model width
+    into one head's."""
+
+    keys: torch.Tensor
+    keys_with_pe: torch.Tensor
+    k_heads: torch.Tensor
+    v_heads: torch.Tensor
+    q_heads: torch.Tensor
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -152,10 +194,11 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         overwrite_keys: bool = False,
-        keys_with_pe: torch.Tensor | None = None,
+        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`overwrite_keys`: `keys` may be updated in place (the caller owns it and no
-        gradient is needed); `keys_with_pe`: keys + key_pe when the caller has it."""
+        gradient is needed); `prepared`: this block's view of `keys` when the caller
+        keeps one (see `prepare`)."""
         if self.skip_first_layer_pe:
             # The first layer's queries are the prompt tokens themselves, which already
             # carry their positions; its output replaces them (no residual).
@@ -165,18 +208,49 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        # keys do not change until the last step: one sum serves both cross-attentions
-        if keys_with_pe is None:
-            keys_with_pe = keys + key_pe
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, keys_with_pe, keys))
+        to_image = self.cross_attn_token_to_image
+        if prepared is None:
+            # keys do not change until the last step: one sum serves both attentions
+            keys_with_pe = keys + key_pe
+            queries = queries + to_image(q, keys_with_pe, keys)
+        else:
+            keys_with_pe = prepared.keys_with_pe
+            queries = queries + to_image.attend_to_projected(q, prepared.k_heads, prepared.v_heads)
+        queries = self.norm2(queries)
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
         attended = self.cross_attn_image_to_token(
-            keys_with_pe, q, queries, residual=keys, overwrite_residual=overwrite_keys
+            keys_with_pe,
+            q,
+            queries,
+            residual=keys,
+            overwrite_residual=overwrite_keys,
+            q_heads=None if prepared is None else prepared.q_heads,
         )
         return queries, self.norm4(attended)
+
+    def prepare(self, keys: torch.Tensor, key_pe: torch.Tensor) -> PreparedImage:
+        """This block's image-side projections of `keys` (1, h*w, C), to keep."""
+        keys_with_pe = keys + key_pe
+        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        return PreparedImage(
+            keys,
+            keys_with_pe,
+            to_image.head_projection(keys_with_pe, to_image.k_proj).contiguous(),
+            to_image.head_projection(keys, to_image.v_proj).contiguous(),
+            to_token.head_projection(keys_with_pe, to_token.q_proj).contiguous(),
+        )
+
+    def prepared_weights(self) -> list[torch.Tensor]:
+        """The parameters `prepare` reads: a kept preparation is stale once they change."""
+        projections = (
+            self.cross_attn_token_to_image.k_proj,
+            self.cross_attn_token_to_image.v_proj,
+            self.cross_attn_image_to_token.q_proj,
+        )
+        return [t for proj in projections for t in (proj.weight, proj.bias)]
 
 
 class TwoWayTransformer(nn.Module):
@@ -206,26 +280,37 @@ class TwoWayTransformer(nn.Module):
 
     def forward(
         self,
-        image_embedding: torch.Tensor,
+        image_embedding: torch.Tensor | None,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
-        keys_with_pe: torch.Tensor | None = None,
+        prepared: PreparedImage | None = None,
         outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding, image_pe: (B, C, h, w); point_embedding: (B, N, C);
-        keys_with_pe: the image tokens plus image_pe, (B, h*w, C), when the caller has
-        them. Returns the updated tokens (B, N, C) and image locations (B, h*w, C);
+        prepared: `prepare(image_embedding, image_pe)` when the caller keeps it (the
+        embedding may then be None).
+        Returns the updated tokens (B, N, C) and image locations (B, h*w, C);
         only the first `outputs` tokens when given (the last attention treats each token
         on its own, so the others' is skipped)."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
+        keys = prepared.keys if prepared else image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for index, layer in enumerate(self.layers):
             # Keys after the first layer are this call's own temporaries.
             owned = index > 0 and not torch.is_grad_enabled()
-            first = keys_with_pe if index == 0 else None
+            first = prepared if index == 0 else None
             queries, keys = layer(queries, keys, point_embedding, key_pe, owned, first)
         queries, point_embedding = queries[:, :outputs], point_embedding[:, :outputs]
         q, k = queries + point_embedding, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
+
+    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> PreparedImage:
+        """What the first layer reads of one image side (1, C, h, w), for `forward`'s
+        `prepared` when many prompts or clicks share it."""
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        return self.layers[0].prepare(keys, image_pe.flatten(2).transpose(1, 2))
+
+    def prepared_weights(self) -> list[torch.Tensor]:
+        """The parameters a `prepare`d image side depends on."""
+        return self.layers[0].prepared_weights()
