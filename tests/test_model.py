@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import napari_sam.model.image_encoder as image_encoder
 from napari_sam.model import CONFIGS, SamConfig, build_sam, get_config
+from napari_sam.model.factored import FactoredKeys, ImageSide
 from napari_sam.model.image_encoder import (
     Attention,
     merge_windows,
@@ -375,3 +376,28 @@ def test_clicks_on_one_image_reuse_its_image_side_until_something_changes(tiny_m
                 torch.testing.assert_close(after[1], fresh()[1], rtol=1e-5, atol=1e-5)
             finally:
                 proj.weight.copy_(original)
+
+
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_factored_image_tokens_are_the_transformers_tokens(tiny_model, prompts):
+    """Kept factored (an image part shared by all clicks plus a few vectors per
+    prompt), the decoder's image tokens after its transformer equal the tokens it
+    computes directly, and so does a projection of them."""
+    transformer = tiny_model.mask_decoder.transformer
+    src = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    pe = tiny_model.prompt_encoder.get_dense_pe()
+    tokens = torch.randn(prompts, 7, TINY.prompt_embed_dim)
+    side = ImageSide(src.flatten(2).transpose(1, 2), pe.flatten(2).transpose(1, 2))
+    with torch.inference_mode():
+        direct_tokens, direct = transformer(src, pe, tokens)
+        factored_tokens, factored = transformer(None, pe, tokens, side)
+        width = direct.shape[-1]
+        rebuilt = factored.linear(torch.eye(width), None)
+        weight, bias = torch.randn(5, width), torch.randn(5)
+        projected = factored.linear(weight, bias)
+    assert isinstance(factored, FactoredKeys) and factored.coef.shape[:2] == (prompts, 256)
+    torch.testing.assert_close(factored_tokens, direct_tokens, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rebuilt, direct, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(projected, direct @ weight.T + bias, rtol=1e-4, atol=1e-4)
+    first = factored.select(torch.tensor([0]))
+    torch.testing.assert_close(first.linear(weight, bias), projected[:1])

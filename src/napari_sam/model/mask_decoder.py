@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import PreparedImage, TwoWayTransformer
+from .factored import FactoredKeys, ImageSide
+from .transformer import TwoWayTransformer
 
 
 def _outputs(multimask_output: bool) -> slice:
@@ -61,13 +62,13 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        image_side: PreparedImage | None = None,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return low-res mask logits (B, M, 4h, 4w) and predicted IoU (B, M), with M = 3
         for `multimask_output` and 1 otherwise.
 
         image_embeddings: (1 or B, C, h, w), shared by all B prompts when its batch is 1.
-        image_side: the transformer's `prepare`d embeddings + dense prompt when the
+        image_side: the embeddings + dense prompt as tokens with their PE, when the
         caller keeps them (see `Sam._unmasked_image_side`).
         """
         hs, src = self._attend(
@@ -102,7 +103,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         min_iou: float,
-        image_side: PreparedImage | None = None,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like `forward`, but mask logits only for the prompts whose predicted IoU
         exceeds `min_iou` for at least one output: the IoU head needs no upscaling, so
@@ -124,7 +125,9 @@ class MaskDecoder(nn.Module):
         if len(rows) == 0:
             height, width = dense_prompt_embeddings.shape[-2:]
             return iou, rows, iou.new_empty(0, iou.shape[1], 4 * height, 4 * width)
-        if src.shape[0] > 1:
+        if isinstance(src, FactoredKeys):
+            src = src.select(rows)
+        elif src.shape[0] > 1:
             src = src[rows]
         masks = self._masks(hs[rows], src, dense_prompt_embeddings.shape[-2:], chosen)
         return iou, rows, masks
@@ -135,7 +138,7 @@ class MaskDecoder(nn.Module):
     def _masks(
         self,
         hs: torch.Tensor,
-        src: torch.Tensor,
+        src: torch.Tensor | FactoredKeys,
         grid: tuple[int, int],
         chosen: slice = slice(None),
     ) -> torch.Tensor:
@@ -145,8 +148,7 @@ class MaskDecoder(nn.Module):
         tokens = range(self.num_mask_tokens)[chosen]
         mlps = self.output_hypernetworks_mlps
         classifiers = torch.stack([mlps[i](mask_out[:, i]) for i in tokens], dim=1)
-        grid_tokens = src.view(-1, *grid, src.shape[-1]).expand(len(hs), -1, -1, -1)
-        return self._upscale_and_classify(grid_tokens, classifiers)
+        return self._upscale_and_classify(src, grid, classifiers)
 
     def _attend(
         self,
@@ -154,7 +156,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-        image_side: PreparedImage | None = None,
+        image_side: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer: updated tokens (B, T, C) and image locations
         (B, h*w, C). Without a mask prompt the image side starts as one shared copy."""
@@ -174,25 +176,36 @@ class MaskDecoder(nn.Module):
         image_pe = image_pe.to(output_tokens.dtype)
         return self.transformer(src, image_pe, tokens, image_side, outputs=len(output_tokens))
 
-    def _upscale_and_classify(self, grid: torch.Tensor, classifiers: torch.Tensor) -> torch.Tensor:
-        """Apply `output_upscaling` to a (B, h, w, C) grid and every mask token's linear
-        classifier (B, M, C/8) to the result: (B, M, 4h, 4w) logits.
+    def _upscale_and_classify(
+        self,
+        src: torch.Tensor | FactoredKeys,
+        grid: tuple[int, int],
+        classifiers: torch.Tensor,
+    ) -> torch.Tensor:
+        """Apply `output_upscaling` to the image tokens (B or 1, h*w, C), on a `grid`
+        (h, w), and every mask token's linear classifier (B, M, C/8) to the result:
+        (B, M, 4h, 4w) logits.
 
         A transposed convolution whose kernel equals its stride is one matrix product per
         location; written so, with channels last throughout, this runs several times
         faster on a CPU than the convolution layers called directly, with the same weights.
         """
         up1, norm, act1, up2, act2 = self.output_upscaling
-        batch, height, width, _ = grid.shape
+        batch, (height, width) = len(classifiers), grid
+
+        def subpixel(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+            # (C_in) -> (2, 2, C_out): sub-pixel row offset, column offset, channel
+            c_in, c_out = conv.weight.shape[:2]
+            return conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in), conv.bias.repeat(4)
 
         def upsample(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-            # (..., C_in) -> (..., 2, 2, C_out): sub-pixel row offset, column offset, channel
-            c_in, c_out = conv.weight.shape[:2]
-            weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)
-            out = F.linear(x, weight, conv.bias.repeat(4))
-            return out.view(*x.shape[:-1], 2, 2, c_out)
+            return F.linear(x, *subpixel(conv)).view(*x.shape[:-1], 2, 2, -1)
 
-        x = upsample(grid, up1)  # (B, h, w, a, b, C/4)
+        if isinstance(src, FactoredKeys):
+            x = src.linear(*subpixel(up1), key=up1.weight)
+        else:
+            x = F.linear(src, *subpixel(up1))
+        x = x.view(-1, height, width, 2, 2, up1.weight.shape[1]).expand(batch, -1, -1, -1, -1, -1)
         x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
         x = act2(upsample(x, up2))  # (B, h, w, a, b, a2, b2, C/8)
         # One (locations x C/8) @ (C/8 x M) product per prompt (a broadcast matmul over

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import SamConfig, get_config
+from .factored import ImageSide
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transformer import PreparedImage, TwoWayTransformer
+from .transformer import TwoWayTransformer
 
 
 class Sam(nn.Module):
@@ -117,18 +118,17 @@ class Sam(nn.Module):
         dense: torch.Tensor,
         dense_pe: torch.Tensor,
         mask_input: torch.Tensor | None,
-    ) -> PreparedImage | None:
+    ) -> ImageSide | None:
         """The decoder's image side before its first layer, for prompts without a mask
-        input: embedding + no-mask embedding, with the PE and the first layer's
-        projections (`TwoWayTransformer.prepare`). All are the same for every click on
-        one image, so they are kept for the last embedding seen (held, so that its
-        memory cannot be reused by another) until it, the weights they depend on or the
-        grad mode change. None when autograd is recording or a mask input makes the
-        image side prompt-specific."""
+        input: embedding + no-mask embedding and the dense PE, as (1, h*w, C) tokens,
+        with the projections of them that clicks ask for (`ImageSide`). All are the same
+        for every click on one image, so they are kept for the last embedding seen
+        (held, so that its memory cannot be reused by another) until it, the decoder's
+        weights or the grad mode change. None when autograd is recording or a mask
+        input makes the image side prompt-specific."""
         if mask_input is not None or image_embeddings.shape[0] != 1 or torch.is_grad_enabled():
             return None
-        transformer = self.mask_decoder.transformer
-        weights = [self.prompt_encoder.no_mask_embed.weight, *transformer.prepared_weights()]
+        weights = [self.prompt_encoder.no_mask_embed.weight, *self.mask_decoder.parameters()]
         # Inference tensors keep no version counter; they can only be changed in place
         # inside inference mode, which nothing here does to an embedding.
         versions = (
@@ -140,8 +140,10 @@ class Sam(nn.Module):
         cached = self._image_side
         if cached is None or cached[0] is not image_embeddings or cached[1] != versions:
             src = image_embeddings.to(dense.dtype) + dense
-            prepared = transformer.prepare(src, dense_pe.to(src.dtype))
-            self._image_side = cached = (image_embeddings, versions, prepared)
+            side = ImageSide(
+                src.flatten(2).transpose(1, 2), dense_pe.to(src.dtype).flatten(2).transpose(1, 2)
+            )
+            self._image_side = cached = (image_embeddings, versions, side)
         return cached[2]
 
     def postprocess_masks(
