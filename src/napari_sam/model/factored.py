@@ -24,6 +24,16 @@ import torch
 from torch import nn
 
 
+def _per_head(prompts: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, k) @ (1, H, k, n) -> (B, H, T, n), without the copy of `image` per
+    prompt that a broadcasting matmul makes: the prompts are stacked per head."""
+    batch, heads, tokens, width = prompts.shape
+    if batch == 1:
+        return prompts @ image
+    stacked = prompts.transpose(0, 1).reshape(heads, batch * tokens, width) @ image[0]
+    return stacked.view(heads, batch, tokens, -1).transpose(0, 1)
+
+
 @dataclass
 class ImageSide:
     """The decoder's image side before its first layer, (1, h*w, C) tokens of the
@@ -109,11 +119,11 @@ class FactoredKeys:
         kept = self.image.projection
         weight = proj.weight
         if self.scale is None:  # the first layer: one kept product, PE included
-            logits = heads @ kept(weight, None, "keys+pe", heads=num_heads)
+            logits = _per_head(heads, kept(weight, None, "keys+pe", heads=num_heads))
         else:
-            logits = heads @ kept(weight, self.gain, heads=num_heads)
+            logits = _per_head(heads, kept(weight, self.gain, heads=num_heads))
             logits = torch.addcmul(
-                heads @ kept(weight, None, "pe", heads=num_heads),
+                _per_head(heads, kept(weight, None, "pe", heads=num_heads)),
                 logits,
                 self.scale.view(-1, 1, 1, self.scale.shape[1]),
             )
@@ -133,7 +143,7 @@ class FactoredKeys:
         head_dim = proj.out_features // num_heads
         kept = self.image.projection(proj.weight, self.gain, heads=num_heads).mT
         scaled = weights if self.scale is None else weights * self.scale.view(-1, 1, 1, locations)
-        out = scaled @ kept
+        out = _per_head(scaled, kept)
         if self.coef is not None:
             mixed = weights.reshape(batch, -1, locations) @ self.coef  # (B, H*T, M)
             basis = (self.basis @ proj.weight.t()).view(batch, -1, num_heads, head_dim)
