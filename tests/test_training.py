@@ -385,3 +385,21 @@ def test_the_bundled_command_stops_when_its_minutes_are_up(tmp_path):
     steps = torch.load(out, weights_only=True)["napari_sam_finetune"]["steps"]
     assert 1 <= steps < 10**6
     assert read_checkpoint(out)[1] is not None
+
+
+def test_the_bundled_models_source_shows_cells_at_half_size_too():
+    """The bundled model's training images are 256 to 512 px a side, so that its
+    crops (up to twice the input side) also show cells shrunk as on a 512 px image."""
+    from napari_sam.training.synthetic import multiscale_source
+
+    items = [multiscale_source(np.random.default_rng(i)) for i in range(12)]
+    shapes = {item.image.shape[:2] for item in items}
+    assert len(shapes) > 6
+    assert all(256 <= side < 512 for shape in shapes for side in shape)
+    for item in items:
+        assert all(labels.shape == item.image.shape[:2] for labels in item.levels)
+    largest = max(items, key=lambda item: item.image.size)
+    example = augment(np.random.default_rng(0), largest, 256, (2.0, 2.0))
+    assert max(example.pixels.shape[:2]) == 256  # the whole image, resized by about half
+    cells = len(np.unique(largest.levels[0])) - 1
+    assert cells > 0 and len(np.unique(example.levels[0])) - 1 >= 0.8 * cells

@@ -267,3 +267,11 @@ def synthetic_source(
     sample = generate(rng, shape)
     image = colour_image(rng, sample) if rng.random() < COLOUR_SHARE else sample.image
     return LabelledImage(image, [sample.cells, sample.nuclei, sample.nucleoli])
+
+
+def multiscale_source(rng: np.random.Generator) -> LabelledImage:
+    """`synthetic_source` with sides of 256 to 512 px (log-uniform), so that crops up to
+    twice the bundled model's input also show it cells at half their generated size,
+    as a 512 px image does once resized to the input."""
+    height, width = (int(256 * np.exp(rng.uniform(0, np.log(2)))) for _ in range(2))
+    return synthetic_source(rng, (height, width))
