@@ -112,6 +112,28 @@ def test_embedding_can_be_read_and_set_again(tiny_model, image, predictor):
         other.predict(points=[[70, 90]])
 
 
+def test_the_first_click_finds_the_decoder_prepared(tiny_model, image):
+    """set_image also computes what the clicks on the image reuse (in the worker
+    thread, for the plugin), so the first click builds nothing; it gives the masks a
+    decoder without anything kept gives."""
+    predictor = SamPredictor(tiny_model)
+    predictor.set_image(image)
+    prepared = tiny_model._image_side
+    assert prepared[0] is predictor.image_embedding.features
+    kept = dict(prepared[2]._projections)
+    assert len(kept) >= 6  # the first layer's three and later layers' projections
+    first = predictor.predict(points=[[70, 90]])
+    assert tiny_model._image_side is prepared and prepared[2]._projections == kept
+    xy, labels = predictor._points_to_model(np.array([[70, 90]]), None, predictor.image_embedding)
+    with torch.enable_grad():  # autograd on: nothing kept is used
+        fresh, iou = tiny_model.decode(
+            predictor.image_embedding.features,
+            (torch.tensor(xy, dtype=torch.float32)[None], torch.tensor(labels)[None]),
+        )
+    np.testing.assert_allclose(first.low_res_logits, fresh[0].detach(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(first.scores, iou[0].detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_embedding_of_another_model_size_is_refused(predictor):
     bigger = build_sam(SamConfig(**{**TINY.to_dict(), "img_size": 320})).eval()
     with pytest.raises(ValueError, match="another input size"):

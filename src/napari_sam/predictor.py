@@ -243,6 +243,7 @@ def embed_image(
     pixels = torch.tensor(resized).permute(2, 0, 1)[None].to(model.device)
     with torch.inference_mode():
         features = model.encode_image(pixels, on_block)
+        model.prepare_decoder(features)  # here, in the worker, not in the first click
     return ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
 
 

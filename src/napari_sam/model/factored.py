@@ -1,6 +1,7 @@
 """The decoder's image side, kept factored for clicks.
 
-The two-way transformer changes its 4096 image tokens only by adding attention outputs,
+The two-way transformer changes its image tokens (64 x 64 of them for the official
+models) only by adding attention outputs,
 each a per-location mix of a few vectors (one per head and prompt token), and by
 LayerNorms, which rescale and shift each location. So after any layer the tokens are
 
@@ -62,7 +63,9 @@ class ImageSide:
         kept = self._projections.get((id(owner), tokens, heads))
         if kept is not None and kept[0] is owner:
             return kept[1]
-        x = {"keys": self.keys, "pe": self.pe, "keys+pe": self.keys + self.pe}[tokens]
+        x = self.pe if tokens == "pe" else self.keys
+        if tokens == "keys+pe":
+            x = x + self.pe
         if gain is not None:
             x = x * gain
         out = x @ weight.t()

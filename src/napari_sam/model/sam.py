@@ -86,6 +86,15 @@ class Sam(nn.Module):
             image_embeddings, image_pe, sparse, dense, multimask_output, image_side
         )
 
+    def prepare_decoder(self, image_embeddings: torch.Tensor) -> None:
+        """Compute now what every click on this (1, C, h, w) embedding reuses (see
+        `_unmasked_image_side`), by decoding one point at the image centre, so that the
+        first click is as fast as the next: for the worker thread that made the
+        embedding. Call it in the grad mode the clicks will use (inference mode)."""
+        centre = torch.full((1, 1, 2), self.img_size / 2, device=image_embeddings.device)
+        labels = torch.ones((1, 1), dtype=torch.int64, device=image_embeddings.device)
+        self.decode(image_embeddings, (centre, labels))
+
     def decode_iou_first(
         self,
         image_embeddings: torch.Tensor,
