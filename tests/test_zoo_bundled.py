@@ -21,9 +21,9 @@ from napari_sam.zoo import (
 )
 from napari_sam.zoo import download as download_module
 
-# The issue asks for 0.8; the weights shipped so far (1900 GPU steps, see the README)
-# reach 0.59 on these nuclei. Raise this with better weights.
-NUCLEUS_CLICK_IOU = 0.55
+# The issue asks for 0.8; the weights shipped so far (19 GPU and 40 CPU minutes, see the
+# README) reach 0.604 on these nuclei. Raise this with better weights.
+NUCLEUS_CLICK_IOU = 0.58
 
 
 @pytest.fixture

@@ -64,8 +64,8 @@ _BUILTIN = (
         name="tiny_cells",
         config=TINY_CELLS,
         url="",
-        known_hash="sha256:7d6887c64b19f07f5dc01f13e7adaf8eae5cf98b02015afb50d60df7c0ac9d10",
-        size=9202107,
+        known_hash="sha256:833ce70546439e88691a0797b74f5be7651239178f694b9e8bf96c523db55173",
+        size=9202363,
         licence="BSD-3-Clause",
         description="small model trained on synthetic cells, nuclei and nucleoli; works "
         "offline; under-trained so far (use vit_b_lm for real work)",
