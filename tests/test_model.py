@@ -401,3 +401,5 @@ def test_factored_image_tokens_are_the_transformers_tokens(tiny_model, prompts):
     torch.testing.assert_close(projected, direct @ weight.T + bias, rtol=1e-4, atol=1e-4)
     first = factored.select(torch.tensor([0]))
     torch.testing.assert_close(first.linear(weight, bias), projected[:1])
+    with torch.enable_grad(), pytest.raises(RuntimeError, match="inference"):
+        transformer(None, pe, tokens, side)

@@ -287,6 +287,8 @@ class TwoWayTransformer(nn.Module):
     def _forward_factored(
         self, image: ImageSide, point_embedding: torch.Tensor, outputs: int | None
     ) -> tuple[torch.Tensor, FactoredKeys]:
+        if torch.is_grad_enabled():  # it updates its temporaries in place
+            raise RuntimeError("a kept image side is for inference: pass none under autograd")
         keys = FactoredKeys(image, dense=image.keys)
         queries = point_embedding
         for index, layer in enumerate(self.layers):
