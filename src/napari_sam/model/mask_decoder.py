@@ -169,11 +169,11 @@ class MaskDecoder(nn.Module):
             ],
             dim=1,
         )
-        # Only the IoU and mask tokens are read afterwards, not the prompts' own.
         src = None
         if image_side is None:
             src = image_embeddings.to(output_tokens.dtype) + dense_prompt_embeddings
         image_pe = image_pe.to(output_tokens.dtype)
+        # Only the IoU and mask tokens are read afterwards, not the prompts' own.
         return self.transformer(src, image_pe, tokens, image_side, outputs=len(output_tokens))
 
     def _upscale_and_classify(
