@@ -86,9 +86,11 @@ def plain_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return attn.proj(out)
 
 
+@pytest.mark.parametrize("explicit", [False, True])  # fused kernel, two products
 @pytest.mark.parametrize("chunk", [1 << 22, 700, 50])  # all at once, head bands, row bands
-def test_chunked_attention_equals_plain_attention(monkeypatch, chunk):
+def test_chunked_attention_equals_plain_attention(monkeypatch, chunk, explicit):
     monkeypatch.setattr(image_encoder, "_BIAS_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(image_encoder, "_explicit_products", lambda q: explicit)
     torch.manual_seed(0)
     attn = Attention(dim=24, num_heads=3, grid_size=5)
     torch.nn.init.normal_(attn.rel_pos_h, std=0.5)
@@ -96,6 +98,42 @@ def test_chunked_attention_equals_plain_attention(monkeypatch, chunk):
     x = torch.randn(2, 5, 5, 24)
     with torch.no_grad():
         torch.testing.assert_close(attn(x), plain_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_attention_trains_like_the_fused_kernel(monkeypatch):
+    """Under autograd the explicit products take fresh memory (a reused buffer would
+    overwrite what the backward pass reads): gradients equal the fused kernel's."""
+    monkeypatch.setattr(image_encoder, "_BIAS_CHUNK_ELEMENTS", 50)  # several chunks
+    torch.manual_seed(0)
+    attn = Attention(dim=24, num_heads=3, grid_size=5)
+    torch.nn.init.normal_(attn.rel_pos_h, std=0.5)
+    x = torch.randn(2, 5, 5, 24)
+    grads = []
+    for explicit in (False, True):
+        monkeypatch.setattr(image_encoder, "_explicit_products", lambda q, e=explicit: e)
+        attn.zero_grad()
+        leaf = x.clone().requires_grad_(True)
+        (attn(leaf) ** 2).sum().backward()
+        grads.append((leaf.grad, attn.rel_pos_h.grad.clone(), attn.qkv.weight.grad.clone()))
+    for fused, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cols", [14, 64])  # a window's short rows, a global block's
+def test_expanded_bias_holds_the_exact_sums(dtype, cols):
+    """Either way of expanding (a product with indicator rows for short bfloat16 rows,
+    a broadcast add otherwise) gives each sum rounded once, into a buffer or not."""
+    torch.manual_seed(0)
+    by_row = torch.randn(2, 3, 4, 5, 9).to(dtype)  # (batch, heads, rows, cols, key rows)
+    by_col = torch.randn(2, 3, 4, 5, cols).to(dtype)
+    exact = (by_row.double()[..., :, None] + by_col.double()[..., None, :]).flatten(-2)
+    expected = exact.to(dtype)
+    assert torch.equal(image_encoder._expand_bias(by_row, by_col, None), expected)
+    buffer = torch.full((expected.numel() + 7,), float("nan"), dtype=dtype)
+    written = image_encoder._expand_bias(by_row, by_col, buffer)
+    assert torch.equal(written, expected)
+    assert written.data_ptr() == buffer.data_ptr()
 
 
 def test_gpus_take_larger_bias_chunks_than_the_cpu(monkeypatch):
@@ -155,7 +193,11 @@ def test_gradients_reach_every_parameter(tiny_model):
     assert "image_encoder.blocks.1.attn.rel_pos_h" not in silent
 
 
-def test_bfloat16_encoder_close_to_float32(tiny_model):
+@pytest.mark.parametrize("explicit", [False, True])  # fused kernel, two products
+def test_bfloat16_encoder_close_to_float32(monkeypatch, tiny_model, explicit):
+    monkeypatch.setattr(
+        image_encoder, "_explicit_products", lambda q: explicit and q.dtype == torch.bfloat16
+    )
     model = build_sam(TINY).eval()
     model.load_state_dict(tiny_model.state_dict())
     image = torch.rand(1, 3, 256, 256) * 255
