@@ -7,7 +7,6 @@ decomposed relative position bias can address rows and columns directly.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import torch
@@ -95,29 +94,16 @@ def _chunked_attention(
     row_step = rows if per_head <= chunk else max(1, chunk // (batch * width * tokens))
     explicit = _explicit_products(q)
     keys = k.transpose(-1, -2).contiguous() if explicit else k  # read faster contiguous
-    scratch = None
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, by_row, by_col))
-    if explicit and not tracked:
-        # Bias and probabilities are rewritten for every chunk: fresh memory of their
-        # size would cost the kernel's zeroing of new pages each time. Autograd keeps
-        # what it saved, so it gets fresh memory.
-        scratch = q.new_empty(2, batch * head_step * min(row_step, rows) * width * tokens)
     out = torch.empty_like(q)
     for h in range(0, heads, head_step):
         hs = slice(h, h + head_step)
         for r in range(0, rows, row_step):
             band = slice(r, r + row_step)
-            bias = _expand_bias(
-                by_row[:, hs, band],
-                by_col[:, hs, band],
-                None if scratch is None else scratch[0],
-            )
-            mask = bias.flatten(2, 3)
+            mask = _expand_bias(by_row[:, hs, band], by_col[:, hs, band]).flatten(2, 3)
             queries = slice(r * width, (r + row_step) * width)
             if explicit:
-                probs = None if scratch is None else scratch[1, : mask.numel()].view(mask.shape)
                 out[:, hs, queries] = _explicit_attention(
-                    q[:, hs, queries], keys[:, hs], v[:, hs], mask, probs
+                    q[:, hs, queries], keys[:, hs], v[:, hs], mask
                 )
             else:
                 out[:, hs, queries] = F.scaled_dot_product_attention(
@@ -126,25 +112,20 @@ def _chunked_attention(
     return out
 
 
-def _expand_bias(
-    by_row: torch.Tensor, by_col: torch.Tensor, buffer: torch.Tensor | None
-) -> torch.Tensor:
+def _expand_bias(by_row: torch.Tensor, by_col: torch.Tensor) -> torch.Tensor:
     """(..., rows) and (..., cols) -> (..., rows * cols) with bias[..., (i, j)] =
-    by_row[..., i] + by_col[..., j], written into the front of a flat `buffer` if given.
+    by_row[..., i] + by_col[..., j].
 
     PyTorch adds bfloat16 without vectors along short rows: for 14 x 14 windows the
     broadcast add is 9x slower than a product with 0/1 indicator rows, which gives the
     same sums exactly (one rounding of an exact sum either way)."""
     rows, cols = by_row.shape[-1], by_col.shape[-1]
-    shape = (*by_row.shape[:-1], rows * cols)
-    out = None if buffer is None else buffer[: math.prod(shape)].view(shape)
     if by_row.dtype == torch.bfloat16 and by_row.device.type == "cpu" and cols < 32:
         eye_rows = torch.eye(rows, dtype=by_row.dtype).repeat_interleave(cols, dim=1)
         eye_cols = torch.eye(cols, dtype=by_row.dtype).repeat(1, rows)
         indicator = torch.cat([eye_rows, eye_cols])
-        return torch.matmul(torch.cat([by_row, by_col], dim=-1), indicator, out=out)
-    grid = None if out is None else out.view(*by_row.shape, cols)
-    return torch.add(by_row.unsqueeze(-1), by_col.unsqueeze(-2), out=grid).flatten(-2)
+        return torch.cat([by_row, by_col], dim=-1) @ indicator
+    return (by_row.unsqueeze(-1) + by_col.unsqueeze(-2)).flatten(-2)
 
 
 def _explicit_products(q: torch.Tensor) -> bool:
@@ -163,21 +144,15 @@ def _cpu_has_bf16_products() -> bool:
 
 
 def _explicit_attention(
-    q: torch.Tensor,
-    keys_t: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor,
-    probs: torch.Tensor | None = None,
+    q: torch.Tensor, keys_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v with the keys given transposed, (..., d, N).
-    The scores are written over `mask`, which the caller made for this call (an
-    out-of-place product would first copy it), and the probabilities into `probs`
-    when given."""
+    The scores are written over `mask`, which the caller made for this call: an
+    out-of-place product would first copy it, a pass as long as the product."""
     scores = mask.flatten(0, 1).baddbmm_(
         q.flatten(0, 1), keys_t.flatten(0, 1), alpha=q.shape[-1] ** -0.5
     )
-    probs = torch.softmax(scores, dim=-1, out=None if probs is None else probs.view(scores.shape))
-    return torch.bmm(probs, v.flatten(0, 1)).view(q.shape)
+    return torch.bmm(scores.softmax(dim=-1), v.flatten(0, 1)).view(q.shape)
 
 
 def split_windows(x: torch.Tensor, window: int) -> torch.Tensor:
