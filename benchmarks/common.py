@@ -19,7 +19,7 @@ def test_image(size: int = 1024) -> np.ndarray:
     from PIL import Image
     from skimage import data
 
-    return np.asarray(Image.fromarray(data.astronaut()).resize((size, size)))
+    return np.array(Image.fromarray(data.astronaut()).resize((size, size)))  # writable
 
 
 def timed(function, repeats: int) -> tuple[float, object]:
