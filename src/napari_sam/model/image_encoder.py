@@ -90,7 +90,7 @@ def _chunked_attention(
     rows, width = by_row.shape[2], by_row.shape[3]
     chunk = _BIAS_CHUNK_ELEMENTS if q.device.type == "cpu" else _BIAS_CHUNK_ELEMENTS_GPU
     per_head = batch * tokens * tokens
-    head_step = min(heads, max(1, chunk // per_head))
+    head_step = max(1, chunk // per_head)
     row_step = rows if per_head <= chunk else max(1, chunk // (batch * width * tokens))
     explicit = _explicit_products(q)
     keys = k.transpose(-1, -2).contiguous() if explicit else k  # read faster contiguous
