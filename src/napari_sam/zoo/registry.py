@@ -64,8 +64,8 @@ _BUILTIN = (
         name="tiny_cells",
         config=TINY_CELLS,
         url="",
-        known_hash="sha256:833ce70546439e88691a0797b74f5be7651239178f694b9e8bf96c523db55173",
-        size=9202363,
+        known_hash="sha256:8e8c5257947756f72e53754e1a2436d4dc79c2e740e6edfd5478f2421765a0fa",
+        size=9201527,
         licence="BSD-3-Clause",
         description="small model trained on synthetic cells, nuclei and nucleoli; works "
         "offline; under-trained so far (use vit_b_lm for real work)",
