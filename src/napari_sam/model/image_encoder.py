@@ -119,13 +119,20 @@ def _expand_bias(by_row: torch.Tensor, by_col: torch.Tensor) -> torch.Tensor:
     PyTorch adds bfloat16 without vectors along short rows: for 14 x 14 windows the
     broadcast add is 9x slower than a product with 0/1 indicator rows, which gives the
     same sums exactly (one rounding of an exact sum either way)."""
-    rows, cols = by_row.shape[-1], by_col.shape[-1]
+    cols = by_col.shape[-1]
     if by_row.dtype == torch.bfloat16 and by_row.device.type == "cpu" and cols < 32:
-        eye_rows = torch.eye(rows, dtype=by_row.dtype).repeat_interleave(cols, dim=1)
-        eye_cols = torch.eye(cols, dtype=by_row.dtype).repeat(1, rows)
-        indicator = torch.cat([eye_rows, eye_cols])
+        indicator = _indicator_rows(by_row.shape[-1], cols, by_row.dtype)
         return torch.cat([by_row, by_col], dim=-1) @ indicator
     return (by_row.unsqueeze(-1) + by_col.unsqueeze(-2)).flatten(-2)
+
+
+@functools.cache
+def _indicator_rows(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows + cols, rows * cols) of 0/1 on the CPU: row i marks the keys in key row i,
+    row rows + j those in key column j. Made once, not for every chunk."""
+    eye_rows = torch.eye(rows, dtype=dtype).repeat_interleave(cols, dim=1)
+    eye_cols = torch.eye(cols, dtype=dtype).repeat(1, rows)
+    return torch.cat([eye_rows, eye_cols])
 
 
 def _explicit_products(q: torch.Tensor) -> bool:
