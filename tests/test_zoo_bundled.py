@@ -82,8 +82,8 @@ def test_the_bundled_model_is_the_default_until_another_is_downloaded(cache):
     assert default_model() == "tiny_cells"
     vit_b = cached_path(get_entry("vit_b_lm"))
     vit_b.parent.mkdir(parents=True, exist_ok=True)
-    vit_b.write_bytes(b"stand-in")  # only its presence matters here
-    assert default_model() == "vit_b_lm"
+    vit_b.write_bytes(b"stand-in")  # not the published file: never the default
+    assert default_model() == "tiny_cells"
 
 
 def test_the_cli_lists_it_as_bundled_and_download_is_a_no_op(offline, capsys):

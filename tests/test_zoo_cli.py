@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -37,17 +38,21 @@ def server(tmp_path):
     server.stop()
 
 
-def test_models_lists_names_sizes_licences_and_cache_state(main, cache, capsys):
+def test_models_lists_names_sizes_licences_and_cache_state(main, server, cache, capsys):
     cache.mkdir()
+    # Under vit_b's name, a file that is not Meta's (another release, a re-saved copy).
     (cache / get_entry("vit_b").filename).write_bytes(b"placed by hand")
+    shutil.copy(server.folder / "tiny.pt", cache / get_entry("test_cli").filename)
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     for name in ("vit_b", "vit_l", "vit_h", "vit_b_lm", "vit_l_em_organelles"):
         assert name in lines
     assert "375 MB" in lines["vit_b"] and "Apache-2.0" in lines["vit_b"]
-    assert lines["vit_b"].split()[4] == "yes"
-    assert lines["vit_h"].split()[4] == "no"
+    assert "  no (file differs)  " in lines["vit_b"]
+    assert lines["test_cli"].split()[4] == "yes"  # the published file, verified
+    assert lines["vit_h"].split()[4:6] == ["no", "Meta's"]
+    assert "file differs: a file of the model's name" in out
     assert "2.6 GB" in lines["vit_h"]
     assert "MIT" in lines["vit_b_lm"]
     assert str(cache) in out
@@ -75,6 +80,20 @@ def test_download_failures(main, server, cache, capsys):
     captured = capsys.readouterr()
     assert "HTTP 404" in captured.err and server.url("gone.pt") in captured.err
     assert "test_cli:" in captured.out  # the other model was still downloaded
+
+
+def test_download_keeps_a_file_that_differs_and_says_where(main, server, cache, capsys):
+    path = cache / get_entry("test_cli").filename
+    cache.mkdir()
+    path.write_bytes(b"placed by hand")
+    assert main(["download", "-q", "test_cli"]) == 0
+    captured = capsys.readouterr()
+    assert path.read_bytes() == (server.folder / "tiny.pt").read_bytes()
+    kept = path.with_name(path.name + ".unverified")
+    assert kept.read_bytes() == b"placed by hand"
+    assert f"napari-sam: {path} was not the published file" in captured.err
+    assert str(kept) in captured.err
+    assert f"test_cli: {path}" in captured.out
 
 
 def test_info(main, cache, capsys):

@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from pathlib import Path
 
 import pooch
 import pytest
-import torch
 
+import zoo_helpers
 from napari_sam.zoo import (
     CACHE_ENV,
     ModelDownloadError,
     cache_dir,
     cached_path,
     load_model,
-    register,
-    unregister,
 )
 from napari_sam.zoo.download import _PoochProgress
-from zoo_helpers import DROPPED, CheckpointServer, assert_same_weights, entry_for, tiny_state
+from napari_sam.zoo.verified import RECORD_NAME
+from zoo_helpers import DROPPED, Recorder, assert_same_weights, entry_for
 
-
-@pytest.fixture
-def served(tmp_path):
-    """A server on 127.0.0.1 serving tmp_path/"served", and the state in its tiny.pt."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    state = tiny_state(seed=3)
-    torch.save(state, folder / "tiny.pt")
-    server = CheckpointServer(folder)
-    yield server, state
-    server.stop()
-
-
-@pytest.fixture
-def registered():
-    """Registers test entries; removes them afterwards."""
-    names = []
-
-    def add(entry):
-        names.append(entry.name)
-        return register(entry)
-
-    yield add
-    for name in names:
-        unregister(name)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, done: int, total: int) -> None:
-        self.calls.append((done, total))
+served, registered = zoo_helpers.served, zoo_helpers.registered  # fixtures
 
 
 def _cache_files(cache: Path) -> list[str]:
@@ -74,7 +43,7 @@ def test_first_download_reports_progress_and_gives_the_model(served, registered,
     done = [d for d, _ in progress.calls]
     assert done == sorted(done) and len(done) > 1  # 1 MiB chunks of a 2 MB file
     # Only the verified file is in the cache: no temporary left behind.
-    assert _cache_files(cache) == [entry.filename]
+    assert _cache_files(cache) == sorted([entry.filename, RECORD_NAME])
     assert cached_path(entry).read_bytes() == source.read_bytes()
 
 
@@ -102,13 +71,19 @@ def test_hash_mismatch_is_refused_and_nothing_cached(served, registered, cache):
         load_model("test_tiny", progress=False)
     assert server.url("tiny.pt") in str(error.value)
     assert "0" * 64 in str(error.value)
+    assert error.value.__cause__ is None and error.value.__suppress_context__
     assert _cache_files(cache) == []
 
 
-def _assert_manual_install_hint(message: str, url: str, cache: Path, filename: str) -> None:
+def _assert_manual_install_hint(error: Exception, url: str, cache: Path, filename: str) -> None:
+    message = str(error)
     assert url in message
     assert str(cache) in message
     assert str(cache / filename) in message
+    # Short: the reason is in the message, no chain of requests/urllib3/pooch errors.
+    assert error.__cause__ is None and error.__suppress_context__
+    assert "During handling" not in "".join(traceback.format_exception(error))
+    assert len(message.splitlines()) <= 4 and "HTTPConnectionPool" not in message
 
 
 def test_404_names_the_url_and_how_to_install_by_hand(served, registered, cache):
@@ -117,7 +92,7 @@ def test_404_names_the_url_and_how_to_install_by_hand(served, registered, cache)
     registered(entry)
     with pytest.raises(ModelDownloadError, match="HTTP 404") as error:
         load_model("test_tiny", progress=False)
-    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    _assert_manual_install_hint(error.value, entry.url, cache, entry.filename)
     assert _cache_files(cache) == []
 
 
@@ -128,7 +103,8 @@ def test_connection_refused_names_url_cache_folder_and_file(served, registered, 
     server.stop()  # the port is now closed: connections are refused
     with pytest.raises(ModelDownloadError, match="ConnectionError") as error:
         load_model("test_tiny", progress=False)
-    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    assert "Connection refused" in str(error.value)  # the operating system's words
+    _assert_manual_install_hint(error.value, entry.url, cache, entry.filename)
     assert _cache_files(cache) == []
 
 
@@ -141,7 +117,7 @@ def test_connection_dropped_halfway_leaves_nothing_in_the_cache(served, register
     with pytest.raises(ModelDownloadError, match="Could not download") as error:
         load_model("test_tiny", progress=False)
     assert "Connection broken" in str(error.value)
-    _assert_manual_install_hint(str(error.value), entry.url, cache, entry.filename)
+    _assert_manual_install_hint(error.value, entry.url, cache, entry.filename)
     assert _cache_files(cache) == []
 
 
@@ -153,12 +129,18 @@ def test_corrupt_cached_file_is_fetched_again(served, registered, cache):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
     path.write_bytes(bytes(data))
+    # (a later write changes the modification time; made explicit, as the file system's
+    # clock may not have ticked since the download)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
 
     progress = Recorder()
-    model = load_model("test_tiny", progress=progress)
+    with pytest.warns(UserWarning, match="not the published file"):
+        model = load_model("test_tiny", progress=progress)
     assert progress.calls  # downloaded again
     assert_same_weights(model, state)
     assert path.read_bytes() == (server.folder / "tiny.pt").read_bytes()
+    # The damaged file is kept aside, not overwritten: it may have been someone's.
+    assert path.with_name(path.name + ".unverified").read_bytes() == bytes(data)
 
 
 def test_xxh128_verified_download(served, registered, cache):

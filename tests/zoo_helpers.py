@@ -8,11 +8,12 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import torch
 import xxhash
 
 from napari_sam.model import SamConfig, build_sam
-from napari_sam.zoo import ModelEntry
+from napari_sam.zoo import ModelEntry, register, unregister
 from reference import TINY, randomize_
 
 DROPPED = "/dropped/"  # URL prefix: the server promises the whole file, sends half, hangs up
@@ -92,3 +93,40 @@ def assert_same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     for key, value in state.items():
         assert loaded[key].dtype == value.dtype, key
         assert torch.equal(loaded[key].cpu(), value), key
+
+
+# Fixtures shared by the download tests; a test module imports the ones it uses.
+@pytest.fixture
+def served(tmp_path):
+    """A server on 127.0.0.1 serving tmp_path/"served", and the state in its tiny.pt."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    state = tiny_state(seed=3)
+    torch.save(state, folder / "tiny.pt")
+    server = CheckpointServer(folder)
+    yield server, state
+    server.stop()
+
+
+@pytest.fixture
+def registered():
+    """Registers test entries; removes them afterwards."""
+    names = []
+
+    def add(entry):
+        names.append(entry.name)
+        return register(entry)
+
+    yield add
+    for name in names:
+        unregister(name)
+
+
+class Recorder:
+    """A progress callback that records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.calls.append((done, total))

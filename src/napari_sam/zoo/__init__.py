@@ -19,10 +19,12 @@ from .checkpoint import CheckpointError, build_model, infer_config, read_checkpo
 from .devices import DeviceNotAvailableError, available_devices, resolve_device, resolve_dtype
 from .download import (
     CACHE_ENV,
+    CacheState,
     ConsoleProgress,
     ModelDownloadError,
     ProgressCallback,
     cache_dir,
+    cache_state,
     cached_path,
     fetch,
     is_downloaded,
@@ -31,6 +33,7 @@ from .registry import ModelEntry, UnknownModelError, get_entry, register, regist
 
 __all__ = [
     "CACHE_ENV",
+    "CacheState",
     "CheckpointError",
     "ConsoleProgress",
     "DeviceNotAvailableError",
@@ -40,6 +43,7 @@ __all__ = [
     "UnknownModelError",
     "available_devices",
     "cache_dir",
+    "cache_state",
     "cached_path",
     "default_model",
     "fetch",
@@ -67,10 +71,15 @@ def load_model(
 ) -> Sam:
     """A ready `Sam` in eval mode, from a registered model name or a checkpoint file.
 
-    - A name (see `registry()`) is downloaded once into `cache_dir()` and verified.
-    - A path is loaded as a plain SAM state_dict or a training checkpoint (`model_state`
-      with `sam.`-prefixed keys). Its architecture comes from `config`, else from a config
-      stored in the file, else from its tensor shapes (which identify vit_b/l/h).
+    - A name (see `registry()`) is downloaded once into `cache_dir()` and verified; a
+      file of that name there that is not the published one is never used (see `fetch`).
+    - A path is a PyTorch file (.pt, .pth, .ckpt) or a safetensors file holding a SAM
+      state_dict, also as training code wraps it: keys prefixed `module.` (DataParallel,
+      DDP), `_orig_mod.` (torch.compile), `model.` or `sam.`, nested under "state_dict"
+      (Lightning), "model", "model_state_dict" or "model_state" (micro-sam). The
+      unwrapped weights must fit the model exactly. Its architecture comes from
+      `config`, else from a config stored in the file, else from its tensor shapes
+      (which identify vit_b/l/h).
     - `device`: "auto" (cuda, then mps, then cpu) or a device this machine has.
     - `dtype`: "auto" (bfloat16 on a GPU that supports it, else float32) or a floating
       dtype; it applies to the image encoder, while the prompt encoder and mask decoder
@@ -107,8 +116,9 @@ def load_model(
 
 
 def default_model() -> str:
-    """The model to offer first: the first registered model already downloaded, else the
-    bundled one, so that a fresh install works offline."""
+    """The model to offer first: the first registered model whose published file is in the
+    cache folder (verified, so it loads), else the bundled one, so that a fresh install
+    works offline. A file that does not match its model's hash never makes it the default."""
     entries = registry()
     downloaded = [name for name, entry in entries.items() if is_downloaded(entry)]
     bundled = [name for name, entry in entries.items() if entry.bundled]

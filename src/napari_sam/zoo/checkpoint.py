@@ -1,20 +1,22 @@
 """Reading checkpoint files safely, finding the SAM weights in them, and inferring the
 architecture from their shapes.
 
-Nothing a checkpoint contains may run code: files are read with
+Nothing a checkpoint contains may run code: PyTorch files are read with
 `torch.load(weights_only=True)`, and the files it refuses (training checkpoints that
 pickle other objects) with an unpickler that returns an inert `RefusedGlobal` for every
 class or function it is asked for, except the few torch needs to rebuild tensors.
+safetensors files hold no pickle at all; they are recognised by their content, whatever
+their name.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import pickle
 import re
 import types
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,18 @@ from typing import Any
 import torch
 
 from ..model import CONFIGS, Sam, SamConfig, build_sam
+from .state_dict import SAM_PREFIXES, CheckpointError, config_from, extract_state_dict
 
-SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-_TRAINING_KEY = "model_state"  # micro-sam's training checkpoints
-_TRAINING_PREFIX = "sam."
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable SAM checkpoint; the message names the file and why."""
+__all__ = [
+    "SAM_PREFIXES",
+    "CheckpointError",
+    "RefusedGlobal",
+    "build_model",
+    "extract_state_dict",
+    "infer_config",
+    "read_checkpoint",
+    "safe_load",
+]
 
 
 # -- safe loading ----------------------------------------------------------------------
@@ -97,11 +103,15 @@ _restricted_pickle = types.SimpleNamespace(
 def safe_load(path: str | Path) -> Any:
     """Load a checkpoint file onto the CPU without running any code it contains.
 
-    Tries `torch.load(weights_only=True)`; where that refuses the file, loads it again
+    A safetensors file (recognised by its content) gives its dict of tensors. Otherwise
+    tries `torch.load(weights_only=True)`; where that refuses the file, loads it again
     with a restricted unpickler that turns foreign classes into `RefusedGlobal`.
-    Raises `CheckpointError` naming the file when neither can read it.
+    Raises `CheckpointError` naming the file, saying what it looks like and what to do,
+    when it cannot be read.
     """
     path = Path(path)
+    if _is_safetensors(path):
+        return _read_safetensors(path)[0]
     try:
         with warnings.catch_warnings():
             # Plain pickles (not torch.save's) make it warn before failing; we go on below.
@@ -115,13 +125,10 @@ def safe_load(path: str | Path) -> Any:
         return torch.load(
             path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
         )
+    except FileNotFoundError:
+        raise
     except Exception as error:
-        size = path.stat().st_size
-        raise CheckpointError(
-            f"{path} cannot be read as a PyTorch checkpoint ({size} bytes): "
-            f"{_first_line(error)}. The file may be truncated or not a checkpoint at all; "
-            "delete it and download or copy it again."
-        ) from error
+        raise _unreadable(path, _first_line(error)) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -129,66 +136,109 @@ def _first_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:300]
 
 
-# -- formats ---------------------------------------------------------------------------
-def extract_state_dict(
-    checkpoint: Any, source: str = "checkpoint"
-) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
-    """The SAM weights in a loaded checkpoint, and the config stored with them if any.
-
-    Accepts a plain SAM state_dict (keys `image_encoder.`, `prompt_encoder.`,
-    `mask_decoder.`), and the training form whose `model_state` holds the same keys
-    prefixed `sam.`. Other top-level entries (optimizer state, extra decoders) are ignored.
-    A stored config is a `config` entry holding `SamConfig` fields.
-    """
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(
-            f"{source} holds a {type(checkpoint).__name__}, not a state_dict: "
-            "it is not a SAM checkpoint."
-        )
-    weights = checkpoint
-    if isinstance(checkpoint.get(_TRAINING_KEY), Mapping):
-        weights = checkpoint[_TRAINING_KEY]
-        if any(_is_str_prefixed(key, _TRAINING_PREFIX) for key in weights):
-            weights = {
-                key[len(_TRAINING_PREFIX) :]: value
-                for key, value in weights.items()
-                if _is_str_prefixed(key, _TRAINING_PREFIX)
-            }
-    state = {key: value for key, value in weights.items() if _is_str_prefixed(key, SAM_PREFIXES)}
-    if not state:
-        sample = [repr(key) for key in list(weights)[:5]]
-        raise CheckpointError(
-            f"{source} contains no SAM weights: expected keys starting with "
-            f"{', '.join(SAM_PREFIXES)} (or a training checkpoint with '{_TRAINING_KEY}'), "
-            f"found {len(weights)} entries such as {', '.join(sample) or 'none'}."
-        )
-    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(
-            f"{source}: {len(not_tensors)} weights are not tensors "
-            f"(e.g. {not_tensors[0]!r} is {state[not_tensors[0]]!r})."
-        )
-    config = _stored_config(checkpoint, source)
-    return {key: value.detach() for key, value in state.items()}, config
+# -- safetensors -----------------------------------------------------------------------
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the format's own limit on its JSON header
 
 
-def _is_str_prefixed(key: Any, prefix: str | tuple[str, ...]) -> bool:
-    return isinstance(key, str) and key.startswith(prefix)
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file starts as safetensors files do: the little-endian byte count of
+    a JSON header, then the header's opening brace."""
+    with open(path, "rb") as file:
+        head = file.read(9)
+    if len(head) < 9:
+        return False
+    header_bytes = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_bytes < _MAX_SAFETENSORS_HEADER
 
 
-def _stored_config(checkpoint: Mapping, source: str) -> SamConfig | None:
-    stored = checkpoint.get("config")
-    fields = {field.name for field in dataclasses.fields(SamConfig)}
-    if not isinstance(stored, Mapping) or not stored or not set(stored) <= fields:
-        return None  # absent, or some other tool's notion of a config
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors by name, the file's string metadata)."""
+    from safetensors import safe_open
+
     try:
-        return SamConfig(**stored)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: its stored config is invalid: {error}") from error
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata, names = file.metadata() or {}, file.keys()  # (not iterable itself)
+            return {name: file.get_tensor(name) for name in names}, metadata
+    except Exception as error:  # safetensors raises its own error type, or OSError
+        raise CheckpointError(
+            f"{path} looks like a safetensors file but cannot be read "
+            f"({_first_line(error)}): it is probably truncated or damaged "
+            f"({path.stat().st_size} bytes). Download or copy it again."
+        ) from None
+
+
+# -- what an unreadable file looks like ------------------------------------------------
+_CHOOSE = "choose the checkpoint file itself (.pt, .pth, .ckpt or .safetensors)"
+
+
+def _unreadable(path: Path, reason: str) -> CheckpointError:
+    """The error for a file neither loader could read, saying what the file looks like."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(256)
+    if size == 0:
+        looks, todo = "is empty (0 bytes)", "Download or copy it again"
+    elif head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        looks = (
+            f"looks like a PyTorch checkpoint cut short ({size} bytes, the end of its zip "
+            "archive is missing): probably truncated by an interrupted download or copy"
+        )
+        todo = "Download or copy it again"
+    elif head.startswith(b"PK"):
+        looks = f"is a zip archive ({size} bytes) but not a readable PyTorch checkpoint ({reason})"
+        todo = f"If it is a download, download it again; otherwise {_CHOOSE}"
+    elif head[:1] == b"\x80":
+        looks = (
+            f"is a pickle ({size} bytes), not a checkpoint PyTorch can read ({reason}); "
+            "it may be truncated, or saved by something other than torch.save"
+        )
+        todo = f"Download or copy it again, or {_CHOOSE}"
+    elif _is_text(head):
+        looks, todo = _describe_text(head.decode("utf-8", "replace"))
+    else:
+        looks = (
+            f"is binary data of an unknown kind ({size} bytes, starting "
+            f"{head[:8].hex(' ')}), neither a PyTorch nor a safetensors checkpoint"
+        )
+        todo = f"If it is a download, download it again; otherwise {_CHOOSE}"
+    return CheckpointError(f"{path} cannot be read as a checkpoint: it {looks}. {todo}.")
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:
+            return False  # not merely a multi-byte character cut off at the end
+        text = head[: error.start].decode("utf-8")
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
+
+
+def _describe_text(text: str) -> tuple[str, str]:
+    first = text.strip().splitlines()[0][:80] if text.strip() else ""
+    if text.startswith("version https://git-lfs"):
+        return "is a Git LFS pointer, not the file it points to", (
+            "Fetch the file itself (git lfs pull) or download it"
+        )
+    if "<html" in text.lower() or "<!doctype" in text.lower():
+        return "is a web page (an error or login page saved in place of the file?)", (
+            "Download the checkpoint itself"
+        )
+    return f"is a text file beginning {first!r}, not a checkpoint", _CHOOSE.capitalize()
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
-    """`safe_load` then `extract_state_dict`: (SAM weights, stored config or None)."""
+    """The SAM weights in the file at `path` and the config stored with them, or None.
+
+    PyTorch files (`safe_load`, then `extract_state_dict` unwraps them) and safetensors
+    files, whose config is JSON text in their metadata under "config".
+    Raises `FileNotFoundError` or `CheckpointError`.
+    """
+    path = Path(path)
+    if _is_safetensors(path):
+        tensors, metadata = _read_safetensors(path)
+        state, _ = extract_state_dict(tensors, str(path))
+        return state, config_from(metadata.get("config"), str(path))
     return extract_state_dict(safe_load(path), str(path))
 
 
