@@ -165,14 +165,11 @@ class SegmentEverythingPanel(QWidget):
         views = self._views(layer, self.sam._view_spec(layer))
         # Checked here, in the GUI thread, so bad settings become a message at once.
         generator = AutomaticMaskGenerator(model, **self.parameters())
-        jobs = []  # (view, cache key, image, cached embedding or None)
-        for view in views:
-            key, image = self.sam._embedding_key(layer, view)
-            if image is None:
-                image = self.sam._view_image(layer, view)
-            jobs.append((view, key, image, self.sam.cache.get(key)))
+        read = self.sam.view_reader(layer)  # planes are read in the worker, one at a time
+        model_id = self.sam._model_id
+        sam = self.sam
         shape = self.sam._spatial_shape(layer)
-        progress = cancelable_progress(total=len(jobs), desc="SAM: segment everything")
+        progress = cancelable_progress(total=len(views), desc="SAM: segment everything")
         self._progress = progress
 
         def cancelled() -> bool:
@@ -180,17 +177,21 @@ class SegmentEverythingPanel(QWidget):
 
         def work():
             from .automatic import GenerationCancelled, masks_to_labels
+            from .embeddings import fingerprint
             from .predictor import embed_image
             from .view import mask_indices
 
             labels = np.zeros(shape, np.int32)
             next_id = 1
-            for done, (view, key, image, embedding) in enumerate(jobs, start=1):
+            for done, view in enumerate(views, start=1):
                 if cancelled():
                     return None
+                image, where = read(view)
+                key = (fingerprint(image), where, model_id)
+                embedding = sam.embedding_for(key)
                 if embedding is None:  # computed here, and kept for the clicks to come
                     embedding = embed_image(model, image)
-                    self.sam.cache.put(key, embedding)
+                    sam.cache.put(key, embedding)
                 try:
                     records = generator.generate(image, embedding=embedding, cancelled=cancelled)
                 except GenerationCancelled:

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from ._llvm_guard import hide_triton_if_llvm_is_loaded
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
+from .commit import CommitError, plan_commit, unwritable_reason, view_to_labels
 from .embeddings import EmbeddingCache, fingerprint
 from .interactive import (
     Candidate,
@@ -45,7 +46,7 @@ from .interactive import (
     rank_candidates,
 )
 from .prompts import POLARITY, boxes_to_view, points_to_view
-from .view import ViewSpec, extract_view, mask_indices
+from .view import ViewSpec, extract_view
 
 if TYPE_CHECKING:
     import napari
@@ -99,6 +100,16 @@ def _transform_kwargs(layer, drop_last: bool = False) -> dict[str, Any]:
         "affine": layer.affine.affine_matrix,
         "units": layer.units,
     }
+
+
+def _describe_frame(layer) -> str:
+    """A layer's name and transform, for messages about frames that do not fit."""
+    parts = [f"scale {tuple(np.round(layer.scale, 4).tolist())}"]
+    parts.append(f"translate {tuple(np.round(layer.translate, 4).tolist())}")
+    linear = np.asarray(layer.affine.affine_matrix)[:-1, :-1] @ np.asarray(layer.rotate)
+    if not np.allclose(linear, np.eye(layer.ndim)) or np.any(layer.shear):
+        parts.append("rotated/sheared/affine")
+    return f"{layer.name!r}: {', '.join(parts)}"
 
 
 def _same(a, b) -> bool:
@@ -169,26 +180,32 @@ class SamWidget(QWidget):
         self._selected = -1
         self._objects: list[Candidate] = []  # one per box in "one object per box" mode
         self._prediction_view: ViewSpec | None = None
+        self._prediction_point: tuple[float, ...] = ()  # viewer.dims.point of that view
         self._prediction_points: np.ndarray = np.zeros(0, np.intp)
         self._prediction_boxes: np.ndarray = np.zeros(0, np.intp)
         self._last_prompts: PromptSet | None = None
         self._last_logits: np.ndarray | None = None
         self._preview_view: ViewSpec | None = None
         self._negative = False
-        self._click_negative = False
-        self._fingerprints: dict[tuple, str] = {}
+        self._pressing = False  # a click on the points layer is being added
+        self._fingerprints: dict[tuple, str] = {}  # of lazy data only; numpy is rehashed
+        # The embedding of the view last encoded: kept whatever the cache's budget.
+        self._current_embedding: tuple[tuple, Any] | None = None
         self._encode_worker = None
         self._encode_key = None
         self._encode_progress = None
         self._load_worker = None
         self._load_progress = None
         self._load_cancelled = False
+        self._load_generation = 0  # a newer set_model supersedes the loads before it
+        self._load_error: Exception | None = None
         self._bound_keys: list[str] = []
         self._owned: set[int] = set()
         self._combo_layers: dict[int, list] = {}  # ids of the layers this widget created
         self._connected: list[tuple[Any, Any]] = []
         self._closed = False
         self._updating = False
+        self._update_pending = False
         self._relay = _Relay()
         self._relay.download.connect(self._on_download_progress)
         self._relay.encoded_blocks.connect(self._on_encoded_blocks)
@@ -213,6 +230,7 @@ class SamWidget(QWidget):
             ]
             if images:
                 self._set_image_layer(images[-1])
+        QTimer.singleShot(0, self._load_default_model)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -509,6 +527,8 @@ class SamWidget(QWidget):
         self._refresh_layer_choices()
         if (layer.events.data, self._on_image_data) not in self._connected:
             self._connect(layer.events.data, self._on_image_data)
+            # refresh() after an edit in place (and every re-slicing) emits set_data.
+            self._connect(layer.events.set_data, self._on_image_data)
         self._ensure_prompt_layers()
         self._schedule_update()
 
@@ -599,6 +619,8 @@ class SamWidget(QWidget):
         self._detach_prompt_layer(self._points_layer)
         self._points_layer = layer
         self._connect(layer.events.data, self._on_prompts_changed)
+        if hasattr(layer.events, "feature_defaults"):
+            self._connect(layer.events.feature_defaults, self._on_feature_defaults)
         if self._on_points_press not in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.append(self._on_points_press)
         self._apply_polarity_default()
@@ -615,8 +637,12 @@ class SamWidget(QWidget):
     def _detach_prompt_layer(self, layer) -> None:
         if layer is None:
             return
+        ours = [
+            (layer.events.data, self._on_prompts_changed),
+            (getattr(layer.events, "feature_defaults", None), self._on_feature_defaults),
+        ]
         for emitter, callback in list(self._connected):
-            if emitter == layer.events.data and callback == self._on_prompts_changed:
+            if any(emitter == e and callback == c for e, c in ours):
                 emitter.disconnect(callback)
                 self._connected.remove((emitter, callback))
         if self._on_points_press in getattr(layer, "mouse_drag_callbacks", []):
@@ -625,14 +651,29 @@ class SamWidget(QWidget):
     # ------------------------------------------------------------------ polarity
     def _on_points_press(self, layer, event):
         """Ctrl-click adds a negative point: set the polarity the next point gets."""
+        # Set on every press: napari copies the last selected point's features into
+        # feature_defaults after an add, so a value set earlier does not last.
         negative = self._negative or NEGATIVE_MODIFIER in set(event.modifiers)
-        if negative != self._click_negative:
-            self._click_negative = negative
-            self._apply_polarity_default(negative)
+        self._pressing = True
+        self._apply_polarity_default(negative)
         yield
         while event.type == "mouse_move":
             yield
-        # the add happens on release, after this callback: restore the toggle on the next press
+        # napari adds the point while handling this release: restore the toggle after it.
+        QTimer.singleShot(0, self._end_press)
+
+    def _end_press(self) -> None:
+        self._pressing = False
+        self._apply_polarity_default()
+
+    def _on_feature_defaults(self, event=None) -> None:
+        """Keep new points' polarity the widget's, whatever napari copied from a selected
+        point into feature_defaults (it does so after every add)."""
+        layer = self._points_layer
+        if self._pressing or layer is None or POLARITY not in layer.feature_defaults:
+            return
+        if (str(layer.feature_defaults[POLARITY].iloc[0]) == "negative") != self._negative:
+            self._apply_polarity_default()
 
     def _apply_polarity_default(self, negative: bool | None = None) -> None:
         layer = self._points_layer
@@ -643,7 +684,6 @@ class SamWidget(QWidget):
 
     def _set_negative(self, negative: bool) -> None:
         self._negative = bool(negative)
-        self._click_negative = self._negative
         self._apply_polarity_default()
         if self.negative_check.isChecked() != self._negative:
             self.negative_check.setChecked(self._negative)
@@ -669,11 +709,16 @@ class SamWidget(QWidget):
         from .model import Sam
 
         if isinstance(model, Sam):
+            self._supersede_load()
             self._use_model(model, getattr(model, "name", None) or type(model).__name__)
             return model
-        self._start_load(str(model), device, dtype)
+        generation = self._start_load(str(model), device, dtype)
         if wait:
             self._wait_for(lambda: self._load_worker is None)
+            error, self._load_error = self._load_error, None
+            if error is not None and generation == self._load_generation:
+                # The worker's frames and chained causes add nothing for a script.
+                raise error.with_traceback(None) from None
         return self._model
 
     def _use_model(self, model, name: str) -> None:
@@ -684,9 +729,19 @@ class SamWidget(QWidget):
         self._model_id += 1
         self._model_name = name
         self._predictor = SamPredictor(self._model)
+        self._current_embedding = None
         self._reset_prediction()
         self._set_status(f"Model {name} ready on {model.device}. Click on an object.")
         self._schedule_update()
+
+    def _load_default_model(self) -> None:
+        """Opened from the Plugins menu: load the model the combo shows, so that the first
+        click works without pressing Load."""
+        if self._closed or self._model is not None or self._load_worker is not None:
+            return
+        choice = self.model_combo.currentData()
+        if choice and choice != LOCAL_FILE:
+            self.set_model(choice, wait=False)
 
     def _on_load_clicked(self) -> None:
         choice = self.model_combo.currentData()
@@ -702,21 +757,33 @@ class SamWidget(QWidget):
             choice = path
         self.set_model(choice, wait=False)
 
-    def _start_load(self, name: str, device: str, dtype: str) -> None:
+    def _supersede_load(self) -> None:
+        """A newer model choice wins: the load in flight stops at its next download
+        chunk, and whatever it returns is ignored."""
+        self._load_generation += 1
+        self._load_cancelled = True
+        if self._load_progress is not None:
+            self._load_progress.close()
+            self._load_progress = None
+        self._load_worker = None
+        self._update_busy()
+
+    def _start_load(self, name: str, device: str, dtype: str) -> int:
         from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
-        if self._load_worker is not None:
-            _notify("A model is already loading; cancel it first.", "warning")
-            return
+        self._supersede_load()
+        generation = self._load_generation
         self._load_cancelled = False
-        self._load_progress = cancelable_progress(
+        self._load_error = None
+        pbar = cancelable_progress(
             total=0, desc=f"SAM: loading {name}", cancel_callback=self.cancel
         )
+        self._load_progress = pbar
         relay = self._relay
 
         def progress(done: int, total: int) -> None:
-            if self._load_cancelled or self._load_progress.is_canceled:
+            if generation != self._load_generation or self._load_cancelled or pbar.is_canceled:
                 raise _LoadCancelled()
             relay.download.emit(int(done), int(total or 0))
 
@@ -725,14 +792,18 @@ class SamWidget(QWidget):
 
             return load_model(name, device=device, dtype=dtype, progress=progress)
 
+        def current() -> bool:
+            return generation == self._load_generation and not self._closed
+
         worker = create_worker(load, _ignore_errors=True)
-        worker.returned.connect(lambda model: self._use_model(model, name))
-        worker.errored.connect(self._on_load_error)
-        worker.finished.connect(self._on_load_finished)
+        worker.returned.connect(lambda model: current() and self._use_model(model, name))
+        worker.errored.connect(lambda error: current() and self._on_load_error(error))
+        worker.finished.connect(lambda: self._on_load_finished(worker, pbar))
         self._load_worker = worker
         self._update_busy()
         self._set_status(f"Loading {name}...")
         worker.start()
+        return generation
 
     def _on_download_progress(self, done: int, total: int) -> None:
         pbar = self._load_progress
@@ -746,14 +817,15 @@ class SamWidget(QWidget):
         if isinstance(error, _LoadCancelled):
             self._set_status("Model loading cancelled.")
             return
+        self._load_error = error  # set_model(wait=True) raises it
         self._set_status(f"Could not load the model: {error}")
         _notify(f"Segment Anything: could not load the model: {error}", "error")
 
-    def _on_load_finished(self) -> None:
-        if self._load_progress is not None:
-            self._load_progress.close()
-        self._load_progress = None
-        self._load_worker = None
+    def _on_load_finished(self, worker, pbar) -> None:
+        pbar.close()
+        if self._load_worker is worker:
+            self._load_worker = None
+            self._load_progress = None
         self._update_busy()
 
     # ------------------------------------------------------------------ view + embedding
@@ -799,35 +871,64 @@ class SamWidget(QWidget):
         self._reset_prediction()
         self._schedule_update()
 
-    def _view_image(self, layer, view: ViewSpec) -> np.ndarray:
+    def view_reader(self, layer):
+        """A function `read(view) -> (image, where)` for `layer` with the channel choice
+        made now: the 2D view's pixels and the part of the embedding key that says where
+        they came from. It reads no widget state, so a worker thread may call it."""
         data = layer.data[0] if layer.multiscale else layer.data
+        rgb = layer.rgb
         channel_axis = self._channel_axis(layer)
-        try:
-            return extract_view(
-                data,
-                view.displayed,
-                view.slice_index,
-                rgb=layer.rgb,
-                channel_axis=channel_axis,
-                channels=self._channels() if channel_axis is not None else None,
-            )
-        except (ValueError, IndexError) as error:
-            raise _UserError(str(error)) from None
+        channels = self._channels() if channel_axis is not None else None
+        extra = (channel_axis, tuple(channels or ()))
+
+        def read(view: ViewSpec) -> tuple[np.ndarray, tuple]:
+            try:
+                image = extract_view(
+                    data, view.displayed, view.slice_index, rgb=rgb,
+                    channel_axis=channel_axis, channels=channels,
+                )  # fmt: skip
+            except (ValueError, IndexError) as error:
+                raise _UserError(str(error)) from None
+            # The view does not depend on the channel slider when channels are picked.
+            sliced = {a: i for a, i in view.slice_index.items() if a != channel_axis}
+            return image, ((view.displayed, tuple(sliced.items())), extra)
+
+        return read
+
+    def _view_image(self, layer, view: ViewSpec) -> np.ndarray:
+        return self.view_reader(layer)(view)[0]
 
     def _embedding_key(self, layer, view: ViewSpec) -> tuple[tuple, np.ndarray | None]:
+        """(key, image or None): the cache key of the view's embedding, and the view's
+        pixels when they had to be read. In-memory data is hashed on every call, so an
+        edit in place (`layer.data[:] = ...`) is never decoded on the old embedding;
+        lazy data (dask, zarr) is hashed again after napari reports a change."""
+        read = self.view_reader(layer)
+        data = layer.data[0] if layer.multiscale else layer.data
+        if isinstance(data, np.ndarray):
+            image, where = read(view)
+            return (fingerprint(image), where, self._model_id), image
         channel_axis = self._channel_axis(layer)
-        extra = (channel_axis, tuple(self._channels() or ()))
-        # The view does not depend on the channel slider when channels are picked.
-        sliced = {a: i for a, i in view.slice_index.items() if a != channel_axis}
-        view_key = (view.displayed, tuple(sliced.items()))
-        local = (layer.unique_id, view_key, extra)
-        image = None
-        fp = self._fingerprints.get(local)
-        if fp is None:
-            image = self._view_image(layer, view)
-            fp = fingerprint(image)
-            self._fingerprints[local] = fp
-        return (fp, (view_key, extra), self._model_id), image
+        local = (layer.unique_id, view.key(), channel_axis, tuple(self._channels() or ()))
+        cached = self._fingerprints.get(local)
+        if cached is not None:
+            return (*cached, self._model_id), None
+        image, where = read(view)
+        self._fingerprints[local] = (fingerprint(image), where)
+        return (fingerprint(image), where, self._model_id), image
+
+    def embedding_for(self, key):
+        """The embedding stored under `key`: the current view's, or one in the cache."""
+        current = self._current_embedding
+        if current is not None and current[0] == key:
+            return current[1]
+        return self.cache.get(key)
+
+    def store_embedding(self, key, embedding) -> None:
+        """Keep `embedding` as the current view's (whatever the cache's budget) and in
+        the cache."""
+        self._current_embedding = (key, embedding)
+        self.cache.put(key, embedding)
 
     def compute_embedding(self, wait: bool = True) -> bool:
         """Embed the 2D view on screen (in a worker). `wait=True` returns when done.
@@ -841,14 +942,14 @@ class SamWidget(QWidget):
         except _UserError as error:
             self._user_error(error)
             return False
-        if key in self.cache:
+        if self.embedding_for(key) is not None:
             return True
         if image is None:
             image = self._view_image(layer, view)
         self._start_encoding(key, image)
         if wait:
             self._wait_for(lambda: self._encode_worker is None)
-        return key in self.cache
+        return self.embedding_for(key) is not None
 
     def _start_encoding(self, key, image: np.ndarray) -> None:
         from napari.qt.threading import create_worker
@@ -901,7 +1002,7 @@ class SamWidget(QWidget):
             return
         if key[-1] != self._model_id:
             return  # the model changed meanwhile
-        self.cache.put(key, embedding)
+        self.store_embedding(key, embedding)
         seconds = time.perf_counter() - self._encode_started
         self._set_status(f"Embedding ready ({seconds:.1f} s).")
         self._schedule_update()
@@ -999,16 +1100,20 @@ class SamWidget(QWidget):
         action = str(getattr(event, "action", "")).lower()
         if action.endswith(("adding", "changing", "removing")):
             return
-        self._click_negative = self._negative
-        self._apply_polarity_default()
         self.update_prediction()
 
     def _on_dims_changed(self, event=None) -> None:
         self._schedule_update()
 
     def _schedule_update(self) -> None:
-        if not self._closed:
-            QTimer.singleShot(0, self.update_prediction)
+        # Several events of one user action (slicing emits dims and set_data) decode once.
+        if not self._closed and not self._update_pending:
+            self._update_pending = True
+            QTimer.singleShot(0, self._run_scheduled_update)
+
+    def _run_scheduled_update(self) -> None:
+        self._update_pending = False
+        self.update_prediction()
 
     def _require_ready(self):
         if self._closed:
@@ -1066,7 +1171,7 @@ class SamWidget(QWidget):
             self._show_preview()
             return
         key, image = self._embedding_key(layer, view)
-        embedding = self.cache.get(key)
+        embedding = self.embedding_for(key)
         if embedding is None:
             if image is None:
                 image = self._view_image(layer, view)
@@ -1117,6 +1222,7 @@ class SamWidget(QWidget):
             else:
                 self._set_status(self._candidate_text())
         self._prediction_view = view
+        self._prediction_point = tuple(self.viewer.dims.point)
         self.last_decode_seconds = time.perf_counter() - start
         self._show_preview()
 
@@ -1280,21 +1386,17 @@ class SamWidget(QWidget):
         self._refresh_layer_choices()
 
     def _ensure_output(self):
-        image = self._image_layer
-        shape = self._spatial_shape(image)
         layer = self.output_layer
         if layer is not None:
-            if tuple(layer.data.shape) != shape:
-                raise _UserError(
-                    f"The output layer {layer.name!r} has shape {layer.data.shape}, the image "
-                    f"{shape}: choose a labels layer of the image's shape, or a new one."
-                )
             return layer
         from napari.layers import Labels
 
+        image = self._image_layer
         active = self.viewer.layers.selection.active
         layer = Labels(
-            np.zeros(shape, np.int32), name=f"{image.name} labels", **_transform_kwargs(image)
+            np.zeros(self._spatial_shape(image), np.int32),
+            name=f"{image.name} labels",
+            **_transform_kwargs(image),
         )
         self.viewer.add_layer(layer)
         if active is not None and active in self.viewer.layers:
@@ -1306,7 +1408,12 @@ class SamWidget(QWidget):
     def commit(self) -> list[int]:
         """Write the chosen mask (or, one object per box, every box's mask) into the output
         layer with new label ids, as one undoable step; then drop the prompts used.
-        Returns the ids written."""
+
+        The mask lands under the object in world space: it is resampled (nearest
+        neighbour) into the output layer's frame when that differs from the image's.
+        Nothing is written when the commit cannot be done whole (an output layer that
+        cannot be edited in place, ids that would not fit its dtype, frames tilted
+        against each other); the prompts are then kept. Returns the ids written."""
         try:
             return self._commit()
         except _UserError as error:
@@ -1319,27 +1426,33 @@ class SamWidget(QWidget):
             masks = [self._candidates[self._selected].mask]
         if not masks or self._prediction_view is None:
             raise _UserError("Nothing to commit: click on an object first.")
+        existing = self.output_layer
+        if existing is not None:
+            reason = unwritable_reason(existing.data, existing.multiscale)
+            if reason is not None:
+                raise _UserError(
+                    f"The output layer {existing.name!r} {reason}. Choose {NEW_LAYER} as "
+                    "Output, or load it into memory first: layer.data = "
+                    "np.array(layer.data) (for a pyramid, layer.data[0])."
+                )
         layer = self._ensure_output()
-        view = self._prediction_view
-        data = layer.data
-        next_id = int(np.asarray(data).max(initial=0)) + 1
-        overwrite = self.overwrite_check.isChecked()
-        ids = []
+        mapping = view_to_labels(
+            self._prediction_view, _data_to_world(self._image_layer), _data_to_world(layer),
+            layer.ndim, self._prediction_point,
+        )  # fmt: skip
+        try:
+            plan = plan_commit(masks, layer.data, mapping, self.overwrite_check.isChecked())
+        except CommitError as error:
+            frames = f"image {_describe_frame(self._image_layer)}; output {_describe_frame(layer)}"
+            raise _UserError(f"{error} ({frames})") from None
         with layer.block_history():
-            for mask in masks:
-                indices = mask_indices(mask, view.displayed, view.slice_index, layer.ndim)
-                if not overwrite:
-                    free = np.asarray(data[indices]) == 0
-                    indices = tuple(axis[free] for axis in indices)
-                if indices[0].size == 0:
-                    continue
-                max_id = np.iinfo(data.dtype).max if data.dtype.kind in "iu" else None
-                if max_id is not None and next_id > max_id:
-                    raise _UserError(f"The labels layer's {data.dtype} has no room for more ids.")
-                layer.data_setitem(indices, next_id)
-                ids.append(next_id)
-                next_id += 1
-        if not ids and not any(mask.any() for mask in masks):
+            for indices, label_id in plan.writes:
+                layer.data_setitem(indices, label_id)
+        ids = plan.ids
+        if plan.outside and not ids:
+            _notify("Segment Anything: the mask lies outside the output layer "
+                    f"{layer.name!r}; nothing written.", "warning")  # fmt: skip
+        elif not ids and not any(mask.any() for mask in masks):
             _notify("Segment Anything: the mask is empty; nothing written.", "warning")
         elif not ids:
             _notify("Segment Anything: the mask lies entirely on existing labels; nothing "

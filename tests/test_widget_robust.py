@@ -1,0 +1,227 @@
+"""What users bring to the widget: layers in other frames, pixels edited in place, output
+layers that cannot be written, scripting errors, polarity by mouse, a cache of size 0."""
+
+import numpy as np
+import pytest
+
+from napari_sam._widget import PREVIEW_NAME
+from widget_helpers import add_point, coins, disc_model, open_widget
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def world_to_data(layer, world):
+    return np.asarray(layer.world_to_data(np.asarray(world, float)))
+
+
+def test_commit_lands_under_the_object_when_output_has_another_frame(viewer):
+    image = viewer.add_image(coins(), scale=(0.5, 0.25), translate=(10, 20), name="coins")
+    labels = viewer.add_labels(np.zeros(coins().shape, np.int32), name="mine")  # scale 1
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    widget.output_layer = labels
+    click = (10 + 0.5 * 150, 20 + 0.25 * 190)  # the world position of image pixel (150, 190)
+    add_point(widget, click)
+    mask = widget.selected.mask
+    assert mask[150, 190]
+    assert widget.commit() == [1]
+    rows, cols = np.nonzero(labels.data)
+    assert len(rows) > 0
+    # Every labelled pixel (world = its index, scale 1) lies on the object in the image...
+    image_rc = np.floor(world_to_data(image, np.c_[rows, cols]) + 0.5).astype(int)
+    assert mask[image_rc[:, 0], image_rc[:, 1]].all()
+    # ...and covers its world area (mask pixels are 0.5 x 0.25 world units).
+    assert abs(len(rows) - mask.sum() * 0.125) <= 0.1 * mask.sum() * 0.125
+    assert labels.data[round(click[0]), round(click[1])] == 1
+    assert labels.data[150, 190] == 0  # where the pixel indices alone would have put it
+
+
+def test_commit_refuses_a_plane_tilted_against_the_output_and_keeps_prompts(viewer):
+    stack = np.stack([coins()] * 3)
+    viewer.add_image(stack, name="stack")
+    tilt = ((np.cos(0.5), -np.sin(0.5), 0), (np.sin(0.5), np.cos(0.5), 0), (0, 0, 1))
+    labels = viewer.add_labels(np.zeros(stack.shape, np.int32), rotate=tilt, name="tilted")
+    widget = open_widget(viewer, disc_model())
+    widget.output_layer = labels
+    viewer.dims.set_point(0, 1.0)  # world z = 1 (the tilted layer widens the world's range)
+    assert widget.compute_embedding(wait=True)
+    layer = widget.points_layer
+    layer.add([[1, 150, 190]])  # the points layer shares the image's frame
+    assert widget.candidates
+    messages = []
+    widget._user_error = lambda error: messages.append(str(error))
+    assert widget.commit() == []
+    assert not labels.data.any() and len(layer.data) == 1
+    assert "not a plane of the labels" in messages[0]
+    assert "'stack'" in messages[0] and "'tilted'" in messages[0]
+
+
+def test_prompt_layer_in_another_frame_is_mapped_through_world(viewer):
+    viewer.add_image(coins(), scale=(2.0, 0.5), name="coins")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    points = viewer.add_points(np.zeros((0, 2)), name="my points")  # scale 1
+    widget.points_layer = points
+    points.add([[2 * 80, 0.5 * 200]])  # world = data for this layer
+    assert widget.selected.mask[80, 200]
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_pixels_edited_in_place_are_embedded_again(viewer, refresh):
+    from napari_sam.predictor import embed_image
+
+    image = viewer.add_image(coins().copy(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    first = widget._current_embedding[1].features.clone()
+    other = np.ascontiguousarray(coins()[::-1, ::-1])
+    image.data[:] = other
+    if refresh:
+        image.refresh()
+    add_point(widget, (100, 100))
+    widget.wait(timeout=60)
+    assert widget.candidates  # decoded once the new embedding was ready
+    used = widget._predictor.image_embedding.features
+    expected = embed_image(widget.model, other).features
+    assert not np.allclose(used.numpy(), first.numpy())
+    np.testing.assert_allclose(used.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_current_embedding_is_kept_with_a_cache_of_size_zero(viewer, monkeypatch):
+    import napari_sam.predictor as predictor
+
+    calls = []
+    original = predictor.embed_image
+    monkeypatch.setattr(
+        predictor, "embed_image", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    widget.cache.max_bytes = 0
+    add_point(widget, (100, 100))
+    widget.wait(timeout=60)
+    for _ in range(20):  # give a re-embedding loop the chance to show itself
+        widget.wait(timeout=5)
+    assert widget.candidates and viewer.layers[PREVIEW_NAME].data[100, 100]
+    assert len(calls) == 1 and len(widget.cache) == 0
+    add_point(widget, (40, 40))
+    assert len(calls) == 1
+
+
+def dask_labels(shape):
+    import dask.array as da
+
+    return da.zeros(shape, dtype=np.int32, chunks=64)
+
+
+def read_only_labels(shape):
+    data = np.zeros(shape, np.int32)
+    data.flags.writeable = False
+    return data
+
+
+@pytest.mark.parametrize("make", [dask_labels, read_only_labels], ids=["dask", "read-only"])
+def test_output_that_cannot_be_written_is_refused_before_writing(viewer, make):
+    viewer.add_image(coins(), name="coins")
+    labels = viewer.add_labels(make(coins().shape), name="lazy")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    widget.output_layer = labels
+    add_point(widget, (100, 100))
+    messages = []
+    widget._user_error = lambda error: messages.append(str(error))
+    assert widget.commit() == []
+    assert "'lazy'" in messages[0] and "np.array(layer.data)" in messages[0]
+    assert len(widget.points_layer.data) == 1 and widget.candidates  # prompts kept
+    assert not np.asarray(labels.data).any()
+
+
+def test_multiscale_output_is_refused(viewer):
+    viewer.add_image(coins(), name="coins")
+    pyramid = [np.zeros(coins().shape, np.int32), np.zeros((152, 192), np.int32)]
+    labels = viewer.add_labels(pyramid, multiscale=True, name="pyramid")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    widget.output_layer = labels
+    add_point(widget, (100, 100))
+    messages = []
+    widget._user_error = lambda error: messages.append(str(error))
+    assert widget.commit() == [] and "multiscale" in messages[0]
+    assert not any(level.any() for level in labels.data)
+
+
+def test_batch_that_would_run_out_of_ids_writes_nothing(viewer):
+    viewer.add_image(coins(), name="coins")
+    data = np.zeros(coins().shape, np.uint8)
+    data[0, 0] = 253
+    labels = viewer.add_labels(data, name="small")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    widget.output_layer = labels
+    widget.per_box_check.setChecked(True)
+    corners = [(20, 20), (20, 200), (160, 20), (160, 200)]
+    widget.boxes_layer.add_rectangles([np.array([[r, c], [r + 80, c + 100]]) for r, c in corners])
+    assert len(widget.candidates) == 4
+    messages = []
+    widget._user_error = lambda error: messages.append(str(error))
+    assert widget.commit() == []
+    assert "254 to 257" in messages[0]
+    assert labels.data.max() == 253 and np.count_nonzero(labels.data) == 1
+    assert len(widget.boxes_layer.data) == 4  # the prompts stay for another try
+    labels.data = labels.data.astype(np.int32)
+    assert widget.commit() == [254, 255, 256, 257]
+
+
+def test_set_model_wait_raises_the_real_error_shortly(viewer):
+    from napari_sam.zoo import ModelDownloadError, ModelEntry, register, unregister
+    from reference import TINY
+
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    entry = ModelEntry("unreachable", TINY, "http://127.0.0.1:9/model.pt",
+                       "sha256:" + "0" * 64, None, "MIT", "test")  # fmt: skip
+    register(entry)
+    try:
+        with pytest.raises(ModelDownloadError, match="unreachable") as info:
+            widget.set_model("unreachable", wait=True)
+    finally:
+        unregister("unreachable")
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert widget.model is not None  # the model in use stays
+
+
+def test_plain_ctrl_plain_plain_clicks_give_positive_negative_positive_positive(viewer, qtbot):
+    from qtpy.QtCore import QPoint, Qt
+
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    points = widget.points_layer
+    viewer.layers.selection.active = points
+    points.mode = "add"
+    canvas = viewer.window._qt_viewer.canvas.native
+    centre = QPoint(canvas.width() // 2, canvas.height() // 2)
+    control = Qt.KeyboardModifier.ControlModifier
+    for i, modifier in enumerate([None, control, None, None]):
+        kwargs = {"pos": centre + QPoint(6 * i, 6 * i)}
+        if modifier is not None:
+            kwargs["modifier"] = modifier
+        qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, **kwargs)
+        qtbot.wait(10)
+    assert points.features["polarity"].tolist() == ["positive", "negative", "positive", "positive"]
+    assert not widget.negative_check.isChecked()
+    points.add(points.data[-1] + 3)  # a script's point after a Ctrl-click: positive too
+    assert points.features["polarity"].tolist()[-1] == "positive"
+
+
+def test_widget_from_the_plugins_menu_loads_its_model_and_answers_the_first_click(
+    viewer, qtbot
+):
+    viewer.add_image(coins(), name="coins")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-labeler", "Segment Anything")
+    assert widget.model_combo.currentData() == "tiny_cells"  # the test cache is empty
+    widget.points_layer.add([[150, 190]])  # clicked before the model is ready
+    qtbot.waitUntil(lambda: len(widget.candidates) == 3, timeout=120_000)
+    assert widget.model is not None
