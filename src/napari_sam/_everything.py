@@ -168,9 +168,12 @@ class SegmentEverythingPanel(QWidget):
         read = self.sam.view_reader(layer)  # planes are read in the worker, one at a time
         model_id = self.sam._model_id
         sam = self.sam
-        shape = self.sam._spatial_shape(layer)
+        ndim = len(self.sam._spatial_shape(layer))
         progress = cancelable_progress(total=len(views), desc="SAM: segment everything")
         self._progress = progress
+        # The result layer exists from the start and fills plane by plane: the viewer
+        # shows progress, and the GUI thread never holds more than one plane's work.
+        result = self._new_result_layer(layer)
 
         def cancelled() -> bool:
             return progress.is_canceled
@@ -181,7 +184,6 @@ class SegmentEverythingPanel(QWidget):
             from .predictor import embed_image
             from .view import mask_indices
 
-            labels = np.zeros(shape, np.int32)
             next_id = 1
             for done, view in enumerate(views, start=1):
                 if cancelled():
@@ -198,38 +200,59 @@ class SegmentEverythingPanel(QWidget):
                     return None
                 plane = masks_to_labels(records, image.shape[:2])
                 found = plane > 0
-                indices = mask_indices(found, view.displayed, view.slice_index, len(shape))
-                labels[indices] = plane[found] + (next_id - 1)
+                indices = mask_indices(found, view.displayed, view.slice_index, ndim)
+                yield done, indices, plane[found] + (next_id - 1)
                 next_id += int(plane.max(initial=0))
-                yield done
-            return labels
+            return next_id - 1
+
+        def write(step) -> None:
+            done, indices, values = step
+            result.data[indices] = values
+            result.refresh()
+            progress.update(done - progress.n)
 
         worker = create_worker(work, _ignore_errors=True)
-        worker.yielded.connect(lambda done: progress.update(done - progress.n))
-        worker.returned.connect(lambda labels: self._finish(layer, labels))
-        worker.errored.connect(self.sam._user_error)
+        worker.yielded.connect(write)
+        worker.returned.connect(lambda count: self._finish(result, count))
+        worker.errored.connect(lambda error: self._fail(result, error))
         worker.finished.connect(self._finished)
         self._worker = worker
         self.run_button.setEnabled(False)
         self.sam._set_status("Segmenting everything...")
         worker.start()
 
-    def _finish(self, image_layer, labels) -> None:
+    def _new_result_layer(self, image_layer):
         from napari.layers import Labels
 
-        from ._messages import notify as _notify
         from ._widget import _transform_kwargs
 
-        if labels is None:
+        shape = self.sam._spatial_shape(image_layer)
+        layer = Labels(np.zeros(shape, np.int32), name=f"{image_layer.name} everything",
+                       **_transform_kwargs(image_layer))  # fmt: skip
+        active = self.sam.viewer.layers.selection.active
+        self.sam.viewer.add_layer(layer)
+        if active is not None and active in self.sam.viewer.layers:
+            self.sam.viewer.layers.selection.active = active
+        return layer
+
+    def _discard(self, layer) -> None:
+        if layer in self.sam.viewer.layers:
+            self.sam.viewer.layers.remove(layer)
+
+    def _fail(self, layer, error: Exception) -> None:
+        self._discard(layer)
+        self.sam._user_error(error)
+
+    def _finish(self, layer, count: int | None) -> None:
+        from ._messages import notify as _notify
+
+        if count is None:
+            self._discard(layer)
             self.sam._set_status("Segment everything cancelled.")
             return
-        layer = Labels(labels, name=f"{image_layer.name} everything",
-                       **_transform_kwargs(image_layer))  # fmt: skip
-        self.sam.viewer.add_layer(layer)
         self.result_layer = layer
         # Clicks committed afterwards land in this layer, with ids above the automatic ones.
         self.sam.output_layer = layer
-        count = len(np.unique(labels)) - 1
         if count == 0:
             _notify("Segment everything found no objects; try lower thresholds under "
                     "'advanced'.", "info")  # fmt: skip
