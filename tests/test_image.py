@@ -103,17 +103,65 @@ def test_rgb_is_scaled_jointly():
 
 
 @pytest.mark.parametrize(
-    ("shape", "message"),
+    ("shape", "reading", "fix"),
     [
-        ((0, 5), "empty"),
-        ((5,), "2D image"),
-        ((2, 3, 4, 5, 3), "2D image"),
-        ((4, 4, 2), "neither gray nor RGB"),
-        ((4, 4, 5), "pick one channel or three"),
+        # (C, H, W), C in 2..8: channels first, or a short stack
+        ((5, 48, 40), "5 channels first (C, H, W)", "np.moveaxis(image, 0, -1)[..., [0, 1, 2]]"),
+        ((2, 48, 40), "2 channels first (C, H, W)", "image[c]"),
+        ((3, 48, 40), "3 channels first (C, H, W)", "np.moveaxis(image, 0, -1)"),
+        ((4, 48, 40), "4 channels first (C, H, W)", "np.moveaxis(image, 0, -1)"),
+        ((8, 48, 40), "or a stack of 8 planes (Z, H, W)", "image[0]"),
+        # (Z, H, W): a long stack
+        ((60, 48, 40), "a stack of 60 2D images (Z, H, W)", "image[30]"),
+        ((9, 48, 40), "a stack of 9 2D images (Z, H, W)", "image[4]"),
+        ((60, 48, 40), "If it is one image with 40 channels", "image[..., [0, 1, 2]]"),
+        # (H, W, C), C not in 1, 3, 4: pick channels
+        ((48, 40, 5), "5 channels (H, W, C)", "image[..., [0, 1, 2]]"),
+        ((48, 40, 2), "2 channels (H, W, C)", "image[..., 0]"),
+        ((48, 40, 12), "12 channels (H, W, C)", "image[..., [0, 1, 2]]"),
+        # 4D / 5D: pick one 2D plane
+        ((6, 5, 48, 40), "(T, Z, H, W) or (Z, C, H, W)", "image[0, 0]"),
+        ((6, 48, 40, 3), "(Z, H, W, C)", "image[0]"),
+        ((2, 6, 3, 48, 40), "(T, Z, C, H, W)", "image[0, 0, 0]"),
+        ((2, 6, 48, 40, 3), "(T, Z, H, W, C)", "image[0, 0]"),
+        ((7,), "2D image", None),
+        ((1, 2, 3, 4, 5, 6), "2D image", None),
     ],
 )
-def test_bad_shapes_get_clear_errors(shape, message):
-    with pytest.raises(ValueError, match=message):
+def test_arrays_that_are_not_one_2d_image_get_their_reading_and_a_fix_that_works(
+    shape, reading, fix
+):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    with pytest.raises(ValueError) as raised:
+        to_uint8_rgb(image)
+    message = str(raised.value)
+    assert str(shape) in message and reading in message
+    if fix is None:
+        return
+    assert fix in message
+    if shape[0] <= 8 and len(shape) == 3 and shape[0] < shape[-1]:
+        # The wrong advice of the reported (5, H, W) case: it picks columns, not channels.
+        assert "image[..., [0, 1, 2]]" not in message
+    fixed = eval(fix, {"np": np, "image": image, "c": 0})  # the advice, followed
+    # Every array above holds planes of 48 x 40 pixels; picking channels last keeps the
+    # leading two axes (60 x 48 for the stack read as channels).
+    plane = shape[:2] if fix.startswith("image[...") else (48, 40)
+    assert to_uint8_rgb(fixed).shape == (*plane, 3)
+
+
+def test_set_image_of_a_stack_says_stack_or_channels_first(tiny_model):
+    from napari_sam import SamPredictor
+
+    predictor = SamPredictor(tiny_model)
+    with pytest.raises(ValueError, match=r"\(5, 64, 64\) looks like 5 channels first") as raised:
+        predictor.set_image(np.zeros((5, 64, 64), np.uint16))
+    assert "np.moveaxis(image, 0, -1)" in str(raised.value) and "image[0]" in str(raised.value)
+    assert not predictor.is_image_set
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0, 3), (0, 64, 64)])
+def test_empty_images_are_refused(shape):
+    with pytest.raises(ValueError, match="empty"):
         to_uint8_rgb(np.zeros(shape, np.uint8))
 
 

@@ -1,8 +1,11 @@
-"""The "Fine-tune SAM" widget in a real napari viewer, with the tiny model."""
+"""The "Fine-tune SAM" widget in a real napari viewer, with the tiny and bundled models."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -43,8 +46,13 @@ def combo_data(combo) -> list:
 
 
 def test_finetunes_the_main_widgets_model_and_offers_the_result_there(
-    viewer, tiny_model, tmp_path
+    viewer, tiny_model, tmp_path, monkeypatch
 ):
+    # Held-out scores that rise at every check, so that the last weights are the best
+    # (the random tiny model clicks nothing right in 3 steps); see test_finetune.py for
+    # the real scores.
+    rising = itertools.count()
+    monkeypatch.setattr(finetuning.HeldOutScore, "__call__", lambda self: 0.1 * next(rising))
     main = open_widget(viewer, tiny_model)
     original = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     widget = open_finetune(viewer)
@@ -62,9 +70,10 @@ def test_finetunes_the_main_widgets_model_and_offers_the_result_there(
     result = widget.start(wait=True, timeout=300)
     assert result is not None and not result.cancelled and result.steps_done == 3
     assert result.path == out and out.is_file()
-    assert np.isfinite(result.before_iou) and np.isfinite(result.after_iou)
-    assert result.held_out_objects >= 1
-    assert "before" in widget.status_label.text() and "after" in widget.status_label.text()
+    assert result.before_iou == 0.0 and result.after_iou == pytest.approx(0.3)
+    assert result.held_out_objects >= 1 and result.improved and result.best_step == 3
+    status = widget.status_label.text()
+    assert "0.000 before, 0.300 after" in status and "from step 3 of 3" in status
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
     # The main widget's model was copied, not trained in place.
@@ -119,9 +128,11 @@ def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model,
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base.resolve())))
     widget.mode_combo.setCurrentText(FULL)
     widget.steps_spin.setValue(2)
+    widget.holdout_spin.setValue(0)  # nothing held out: the trained weights are kept
     widget.out_edit.setText(str(tmp_path / "full.pt"))
     result = widget.start(wait=True, timeout=300)
-    assert result.steps_done == 2 and result.path.is_file()
+    assert result.steps_done == 2 and result.path.is_file() and result.improved is None
+    assert "nothing could be checked" in widget.status_label.text()
     tuned = load_model(result.path, device="cpu", dtype="float32")
     encoder_changed = [
         k
@@ -168,3 +179,76 @@ def test_reports_what_is_missing(viewer):
     assert widget.start(wait=True) is None
     assert "empty" in widget.status_label.text()
     assert not widget.busy
+
+
+def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
+    viewer, tmp_path, monkeypatch
+):
+    """A run that only makes the model worse (far too high a learning rate) keeps the
+    starting weights, says so in the status and a warning notification, and shows the
+    held-out IoU in the status as training goes."""
+    from napari_sam import _finetune_widget
+    from napari_sam.training.synthetic import generate
+
+    sample = generate(np.random.default_rng(0), (128, 128))
+    viewer.layers.clear()
+    viewer.add_image(sample.image, name="cells")
+    viewer.add_labels(sample.cells, name="cell labels")
+    quick = finetuning.default_config
+
+    def too_fast(steps, decoder_only, seed=0):
+        config = quick(steps, decoder_only, seed)
+        return dataclasses.replace(
+            config, batch_size=1, objects_per_image=2, correction_rounds=0, learning_rate=0.5
+        )
+
+    monkeypatch.setattr(finetuning, "default_config", too_fast)
+    told = []
+    monkeypatch.setattr(
+        _finetune_widget, "_notify", lambda text, level="info": told.append((text, level))
+    )
+    widget = open_finetune(viewer)
+    statuses = []
+    shown = widget._set_status
+    monkeypatch.setattr(widget, "_set_status", lambda text: (statuses.append(text), shown(text)))
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("tiny_cells"))
+    widget.steps_spin.setValue(2)
+    out = tmp_path / "worse.pt"
+    widget.out_edit.setText(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", finetuning.FinetuneWarning)  # said, not warned
+        result = widget.start(wait=True, timeout=300)
+    assert result is not None and result.improved is False and result.best_step == 0
+    assert result.final_iou < result.before_iou
+    assert "did not improve" in widget.status_label.text()
+    assert "starting weights are kept" in widget.status_label.text()
+    assert [level for text, level in told if "did not improve" in text] == ["warning"]
+    assert any("held-out IoU 0." in text and "step 2" in text for text in statuses)
+    start = load_model("tiny_cells", device="cpu", dtype="float32").state_dict()
+    saved = load_model(out, device="cpu", dtype="float32").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in start.items())
+
+
+@pytest.mark.parametrize("kind", ["colour-coded", "negative"])
+def test_refuses_labels_that_are_not_id_images(viewer, kind):
+    from napari_sam._messages import UserError
+
+    labels = viewer.layers["annotations"].data
+    if kind == "colour-coded":
+        colours = np.random.default_rng(0).integers(40, 256, (labels.max() + 1, 3))
+        colours[0] = 0
+        rgb = colours[labels].astype(np.uint8)
+        viewer.layers.clear()
+        viewer.add_image(np.stack([labels * 40] * 3, -1).astype(np.uint8), name="rgb")
+        viewer.add_labels(rgb, name="annotations")
+        says = "look colour-coded"
+    else:
+        viewer.layers["annotations"].data = np.where(labels > 0, labels, -1).astype(np.int32)
+        says = "negative ids"
+    widget = open_finetune(viewer)
+    with pytest.raises(UserError, match=says) as raised:
+        widget.add_pair()
+    assert "'annotations'" in str(raised.value) and "integer id images" in str(raised.value)
+    assert widget.pairs == [] and widget.pair_list.count() == 0
+    assert widget.start(wait=True) is None  # the layers chosen above, without a pair
+    assert says in widget.status_label.text() and not widget.busy

@@ -6,7 +6,8 @@ cancelable progress bar in the activity dock; it stops between steps when cancel
 The saved checkpoint is listed as a model choice of the "Segment Anything" widget.
 
 Held-out data: a deterministic 20 % (by default) of all labelled objects, over all
-pairs, is never trained on and measures single-click IoU before and after.
+pairs, is never trained on and measures single-click IoU as training goes; the best
+weights (the starting ones count) are saved, and the widget says when nothing improved.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class LayerPair:
 class _Relay(QObject):
     """Carries progress from the worker thread to the GUI thread."""
 
-    step = Signal(int, int, float)
+    step = Signal(int, int, float, float)  # step, steps, loss, held-out IoU (nan: none)
     stage = Signal(str)
 
 
@@ -107,6 +108,7 @@ class FinetuneWidget(QWidget):
         self._stop = threading.Event()
         self._connected: list[tuple[Any, Any]] = []
         self._closed = False
+        self._checked = ""  # the last held-out IoU, shown in the status
         self._relay = _Relay()
         self._relay.step.connect(self._on_step)
         self._relay.stage.connect(self._on_stage)
@@ -251,6 +253,12 @@ class FinetuneWidget(QWidget):
         return self.viewer.layers[image_name], self.viewer.layers[labels_name]
 
     def _pair(self, image, labels, all_slices: bool) -> LayerPair:
+        from .training.data import check_labels
+
+        try:  # before anything else: colour-coded labels also differ in ndim
+            check_labels(labels.data, ndim=None, name=f"The Labels layer {labels.name!r}")
+        except ValueError as error:
+            raise _UserError(str(error)) from None
         if image.ndim != labels.ndim:
             raise _UserError(
                 f"{image.name!r} is {image.ndim}D but {labels.name!r} is {labels.ndim}D: "
@@ -407,6 +415,7 @@ class FinetuneWidget(QWidget):
         holdout = self.holdout_spin.value() / 100
         out_path = self._out_path(base)
         self.result = None
+        self._checked = ""
         self._stop.clear()
         self._progress = cancelable_progress(
             total=steps, desc="SAM fine-tune: loading the model", cancel_callback=self.cancel
@@ -414,9 +423,8 @@ class FinetuneWidget(QWidget):
         relay, stop = self._relay, self._stop
 
         def progress(step: int, total: int, stats: dict) -> None:
-            relay.step.emit(step, total, float(stats.get("loss", math.nan)))
-            if step == total:
-                relay.stage.emit("evaluating")
+            loss, iou = (float(stats.get(key, math.nan)) for key in ("loss", "held_out_iou"))
+            relay.step.emit(step, total, loss, iou)
 
         def work():
             model = load()
@@ -431,6 +439,7 @@ class FinetuneWidget(QWidget):
                 should_stop=stop.is_set,
                 holdout=holdout,
                 metadata={"base_model": base},
+                warn=False,  # the widget says it (see _on_returned)
             )
 
         worker = create_worker(work, _ignore_errors=True)
@@ -448,13 +457,15 @@ class FinetuneWidget(QWidget):
         if self._progress is not None:
             self._progress.set_description(f"SAM fine-tune: {stage}")
 
-    def _on_step(self, step: int, total: int, loss: float) -> None:
+    def _on_step(self, step: int, total: int, loss: float, iou: float) -> None:
         pbar = self._progress
         if pbar is None or self.result is not None:  # a late signal: the run is over
             return
+        if not math.isnan(iou):
+            self._checked = f", held-out IoU {iou:.3f} at step {step}"
         # Status first: updating the progress bar can process pending events (the end of
         # the run among them), whose status must win.
-        self._set_status(f"Step {step}/{total}, loss {loss:.3f}")
+        self._set_status(f"Step {step}/{total}, loss {loss:.3f}{self._checked}")
         if pbar.desc != "SAM fine-tune: training":
             pbar.set_description("SAM fine-tune: training")
         pbar.update(step - pbar.n)
@@ -467,16 +478,10 @@ class FinetuneWidget(QWidget):
             )
             return
 
-        def iou(value: float) -> str:
-            return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-        text = (
-            f"Single-click IoU on {result.held_out_objects} held-out objects: "
-            f"{iou(result.before_iou)} before, {iou(result.after_iou)} after. "
-            f"Saved {result.path}; it is now a model choice of Segment Anything."
-        )
+        text = f"{result.summary()} It is now a model choice of Segment Anything."
+        level = "info" if result.improved else "warning"
         self._set_status(text)
-        _notify(f"Fine-tune SAM: {text}")
+        _notify(f"Fine-tune SAM: {text}", level)
         self.fill_model_choices()
         for widget in main_widgets(self.viewer):
             widget.refresh_model_choices(select=str(result.path))

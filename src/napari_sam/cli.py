@@ -25,23 +25,41 @@ def _size(count: int | None) -> str:
     return f"{count:.1f} GB"
 
 
+_CACHED = {
+    "bundled": "bundled",
+    "verified": "yes",
+    "differs": "no (file differs)",
+    "missing": "no",
+}
+
+
 def _models(_: argparse.Namespace) -> int:
-    from .zoo import cache_dir, is_downloaded, registry
+    from .zoo import cache_dir, cache_state, registry
 
     entries = registry().values()
     width = max(len(entry.name) for entry in entries)
-    print(f"{'NAME':<{width}}  {'SIZE':>8}  {'LICENCE':<10}  {'CACHED':<7}  DESCRIPTION")
+    states = {entry.name: cache_state(entry) for entry in entries}
+    column = max(map(len, _CACHED.values()))
+    print(f"{'NAME':<{width}}  {'SIZE':>8}  {'LICENCE':<10}  {'CACHED':<{column}}  DESCRIPTION")
     for entry in entries:
-        cached = "bundled" if entry.bundled else "yes" if is_downloaded(entry) else "no"
         print(
             f"{entry.name:<{width}}  {_size(entry.size):>8}  {entry.licence:<10}  "
-            f"{cached:<7}  {entry.description}"
+            f"{_CACHED[states[entry.name]]:<{column}}  {entry.description}"
         )
     print(f"\ncache folder: {cache_dir()}")
+    if "differs" in states.values():
+        print(
+            "file differs: a file of the model's name is in the cache folder but is not the "
+            "published one (another release, a re-saved copy?). 'napari-sam download NAME' "
+            "fetches the published file and keeps the other beside it, renamed "
+            "<file>.unverified; to use the other file, load it as a local file."
+        )
     return 0
 
 
 def _download(args: argparse.Namespace) -> int:
+    import warnings
+
     from .zoo import ModelDownloadError, UnknownModelError, fetch, get_entry
 
     try:  # every name checked before the first download starts
@@ -52,11 +70,16 @@ def _download(args: argparse.Namespace) -> int:
     failed = 0
     for entry in entries:
         try:
-            path = fetch(entry, progress=False if args.quiet else None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                path = fetch(entry, progress=False if args.quiet else None)
         except ModelDownloadError as error:
             print(f"napari-sam: {error}", file=sys.stderr)
             failed += 1
             continue
+        finally:
+            for warning in caught:  # e.g. a hand-placed file moved aside
+                print(f"napari-sam: {warning.message}", file=sys.stderr)
         print(f"{entry.name}: {path}")
     return 1 if failed else 0
 
@@ -92,9 +115,10 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _read_array(path: str):
+def _read_array(path: str, labels: bool = False):
     """An image or label file as a numpy array: .npy, .tif/.tiff (tifffile), else any
-    format imageio reads (png, jpg, ...)."""
+    format imageio reads (png, jpg, ...). `labels`: a palette (indexed-colour) image is
+    read as its indices, the ids, not as the colours they are shown in."""
     from pathlib import Path
 
     import numpy as np
@@ -106,20 +130,27 @@ def _read_array(path: str):
         import tifffile
 
         return tifffile.imread(path)
+    if labels:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as indexed:
+                if indexed.mode in ("P", "PA"):
+                    return np.asarray(indexed.convert("P") if indexed.mode == "PA" else indexed)
+        except UnidentifiedImageError:
+            pass  # not a format Pillow reads: imageio may
     import imageio.v3 as iio
 
     return iio.imread(path)
 
 
 def _is_rgb(image, labels) -> bool:
+    """Whether the image's last axis is colour: one axis more than its labels, 3 or 4 long."""
     return image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    import math
     import time
-
-    import numpy as np
 
     from .training.finetuning import finetune, labelled_slices
     from .zoo import load_model
@@ -134,13 +165,11 @@ def _finetune(args: argparse.Namespace) -> int:
     pairs = []
     try:
         for image_path, labels_path in zip(args.images, args.labels, strict=True):
-            image, labels = _read_array(image_path), _read_array(labels_path)
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"{labels_path} holds {labels.dtype} values, not label ids.")
-            try:
+            image, labels = _read_array(image_path), _read_array(labels_path, labels=True)
+            try:  # labelled_slices refuses labels that are not integer id images
                 pairs += labelled_slices(image, labels, rgb=_is_rgb(image, labels))
             except ValueError as error:
-                raise ValueError(f"{image_path} / {labels_path}: {error}") from None
+                raise ValueError(f"{labels_path} (with {image_path}): {error}") from None
         model = load_model(
             args.model,
             device=args.device,
@@ -157,9 +186,11 @@ def _finetune(args: argparse.Namespace) -> int:
     every = max(1, args.steps // 20)
 
     def report(step: int, total: int, stats: dict) -> None:
-        if not args.quiet and (step % every == 0 or step == total):
+        checked = "held_out_iou" in stats
+        if not args.quiet and (step % every == 0 or step == total or checked):
+            iou = f"  held-out IoU {stats['held_out_iou']:.3f}" if checked else ""
             print(
-                f"step {step}/{total}  loss {stats['loss']:.3f}  "
+                f"step {step}/{total}  loss {stats['loss']:.3f}{iou}  "
                 f"{time.perf_counter() - start:.0f} s",
                 file=sys.stderr,
                 flush=True,
@@ -177,22 +208,20 @@ def _finetune(args: argparse.Namespace) -> int:
             seed=args.seed,
             learning_rate=args.lr,
             metadata={"base_model": str(args.model)},
+            warn=False,  # said below, in the CLI's words
         )
     except ValueError as error:
         print(f"napari-sam: {error}", file=sys.stderr)
         return 1
 
-    def iou(value: float) -> str:
-        return "n/a (no held-out objects)" if math.isnan(value) else f"{value:.3f}"
-
     print(
         f"{len(pairs)} 2D examples: {result.training_objects} objects for training, "
         f"{result.held_out_objects} held out"
     )
-    print(
-        f"single-click IoU on held-out objects: before {iou(result.before_iou)}, after "
-        f"{iou(result.after_iou)}"
-    )
+    if result.improved:
+        print(result.summary())
+    else:  # did not improve, or could not be checked
+        print(f"napari-sam: warning: {result.summary()}", file=sys.stderr)
     print(f"saved {result.path}")
     return 0
 

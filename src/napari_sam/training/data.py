@@ -10,18 +10,72 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..image import resize_longest_side, to_uint8_rgb
+from ..image import image_shape_problem, resize_longest_side, to_uint8_rgb
+
+_RGB_TO_IDS = (
+    "_, ids = np.unique(rgb.reshape(-1, rgb.shape[-1]), axis=0, return_inverse=True); "
+    "labels = ids.reshape(rgb.shape[:-1])"
+)
+
+
+def check_labels(labels, ndim: int | None = 2, name: str = "Labels") -> None:
+    """Raise ValueError unless `labels` is an instance label image: integer ids, 0 for
+    background and one id per object, of `ndim` dimensions (None: any, 2 or more).
+
+    Refused, each with how to convert: colour-coded label images (a last axis of 3 or 4
+    colours), float or bool images, negative ids. Values are read (for the negative-id
+    check) only of numpy arrays, so that a lazy (dask, zarr) volume is not loaded."""
+    shape, dtype = tuple(labels.shape), np.dtype(labels.dtype)
+    need = "integer id images (H, W) with 0 as background and one id per object"
+    if len(shape) >= 3 and shape[-1] in (3, 4) and (ndim is None or len(shape) != ndim):
+        raise ValueError(
+            f"{name} of shape {shape} ({dtype}) look colour-coded (one colour per object); "
+            f"labels must be {need}. Convert with: {_RGB_TO_IDS} (black becomes 0 when "
+            "the background is black; else set the background's id to 0)."
+        )
+    if dtype == np.bool_:
+        raise ValueError(
+            f"{name} of shape {shape} are a binary mask; labels must be {need}. Give each "
+            "object its own id, e.g. skimage.measure.label(mask)."
+        )
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(
+            f"{name} of shape {shape} hold {dtype} values; labels must be {need}. Whole "
+            "numbers convert with labels.astype(np.int32); a probability map must be "
+            "thresholded and labelled first, e.g. skimage.measure.label(prob > 0.5)."
+        )
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}D (got shape {shape}); use labelled_slices() to cut "
+            "nD data into 2D examples."
+        )
+    if len(shape) < 2:
+        raise ValueError(f"{name} must be 2D or nD, got shape {shape}.")
+    if isinstance(labels, np.ndarray) and labels.size and np.issubdtype(dtype, np.signedinteger):
+        lowest = int(labels.min())
+        if lowest < 0:
+            raise ValueError(
+                f"{name} hold negative ids (down to {lowest}); labels must be {need}. "
+                "Where negative values mark background, set them to 0: labels[labels < 0] "
+                "= 0; else renumber the objects from 1."
+            )
 
 
 @dataclass
 class LabelledImage:
-    """A 2D image and one or more instance label images of the same (H, W), ordered from
-    whole to subpart (one level for ordinary annotations)."""
+    """A 2D image, (H, W) gray or (H, W, C) with C in 1, 3, 4, and one or more instance
+    label images (H, W) of integer ids, 0 = background, ordered from whole to subpart
+    (one level for ordinary annotations). Raises ValueError for other shapes or dtypes."""
 
     image: np.ndarray
     levels: Sequence[np.ndarray]
 
     def __post_init__(self) -> None:
+        for labels in self.levels:
+            check_labels(labels)
+        problem = image_shape_problem(self.image.shape)
+        if problem:
+            raise ValueError(problem)
         shape = self.image.shape[:2]
         for labels in self.levels:
             if labels.shape != shape:

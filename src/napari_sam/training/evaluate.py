@@ -3,13 +3,16 @@ the candidate with the highest predicted IoU."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..model import Sam
-from ..predictor import SamPredictor
+from ..predictor import ImageEmbedding, SamPredictor
 from .data import LabelledImage
 from .prompting import first_points
 
@@ -17,6 +20,63 @@ from .prompting import first_points
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@dataclass
+class Click:
+    """One evaluation click: the item it is on, the (row, col) pixel, and the true masks
+    holding that pixel (whole to subpart; each is a correct reading)."""
+
+    item: int
+    point: tuple[float, float]
+    readings: list[np.ndarray]
+
+
+def draw_clicks(
+    items: Sequence[LabelledImage], clicks_per_image: int = 5, seed: int = 0, min_area: int = 16
+) -> list[Click]:
+    """Clicks at random pixels of up to `clicks_per_image` random objects (of at least
+    `min_area` pixels) of the first level of each item, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    clicks = []
+    for index, item in enumerate(items):
+        whole = item.levels[0]
+        ids, areas = np.unique(whole, return_counts=True)
+        ids = ids[(ids != 0) & (areas >= min_area)]
+        if len(ids) == 0:
+            continue
+        for object_id in rng.choice(ids, size=min(clicks_per_image, len(ids)), replace=False):
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            point = first_points(torch.from_numpy(whole == object_id)[None], generator)[0]
+            row, col = (int(v) for v in point.tolist())
+            readings = [lv == lv[row, col] for lv in item.levels if lv[row, col]]
+            clicks.append(Click(index, (row, col), readings))
+    return clicks
+
+
+def clicks_iou(
+    model: Sam,
+    items: Sequence[LabelledImage],
+    clicks: Sequence[Click],
+    embeddings: dict[int, ImageEmbedding] | None = None,
+) -> float:
+    """Mean IoU of the top-ranked candidate of each click against the best-matching true
+    mask; nan without clicks. `embeddings`: item index -> embedding, reused where present
+    and filled where missing (valid only while the image encoder does not change)."""
+    predictor = SamPredictor(model)
+    scores = []
+    for index, group in itertools.groupby(clicks, key=lambda click: click.item):
+        if embeddings is not None and index in embeddings:
+            predictor.image_embedding = embeddings[index]
+        else:
+            predictor.set_image(items[index].image)
+            if embeddings is not None:
+                embeddings[index] = predictor.image_embedding
+        for click in group:
+            masks, predicted_iou, _ = predictor.predict(points=[click.point])
+            best = masks[np.argmax(predicted_iou)]
+            scores.append(max(_iou(best, truth) for truth in click.readings))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def single_click_iou(
@@ -30,24 +90,55 @@ def single_click_iou(
     of the first (whole) level. Where the click also lies in finer levels (a nucleus,
     a nucleolus), each of those objects is a correct reading too: the best match counts.
     """
-    rng = np.random.default_rng(seed)
-    predictor = SamPredictor(model)
-    scores = []
-    for item in items:
-        whole = item.levels[0]
-        ids, areas = np.unique(whole, return_counts=True)
-        ids = ids[(ids != 0) & (areas >= min_area)]
-        if len(ids) == 0:
-            continue
-        predictor.set_image(item.image)
-        for object_id in rng.choice(ids, size=min(clicks_per_image, len(ids)), replace=False):
-            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            point = first_points(torch.from_numpy(whole == object_id)[None], generator)[0]
-            row, col = point.tolist()
-            masks, predicted_iou, _ = predictor.predict(points=[[row, col]])
-            best = masks[np.argmax(predicted_iou)]
-            readings = [
-                lv == lv[int(row), int(col)] for lv in item.levels if lv[int(row), int(col)]
-            ]
-            scores.append(max(_iou(best, truth) for truth in readings))
-    return float(np.mean(scores)) if scores else float("nan")
+    return clicks_iou(model, items, draw_clicks(items, clicks_per_image, seed, min_area))
+
+
+class HeldOutScore:
+    """Single-click IoU on fixed objects, measured again and again as a model trains:
+    the clicks are drawn once, and with `frozen_encoder` the images are embedded once.
+
+    Call it for the model's current mean IoU (nan when there is nothing to click on)."""
+
+    def __init__(
+        self, model: Sam, items: Sequence[LabelledImage], seed: int, frozen_encoder: bool
+    ) -> None:
+        self.model, self.items = model, list(items)
+        # One click on every object (each image has at most this many).
+        most = max((int(np.count_nonzero(np.unique(it.levels[0]))) for it in items), default=0)
+        self.clicks = draw_clicks(self.items, most, seed)
+        self._embeddings: dict[int, ImageEmbedding] | None = {} if frozen_encoder else None
+
+    def __call__(self) -> float:
+        if not self.clicks:
+            return float("nan")
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return clicks_iou(self.model, self.items, self.clicks, self._embeddings)
+        finally:
+            self.model.train(training)
+
+
+class BestWeights:
+    """The weights with the best score so far among `parameters` (those a run trains:
+    cheap for decoder-only), copied to the CPU when an `offer` beats every earlier one;
+    `restore` puts them back into the model."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        self.parameters = parameters
+        self.step, self.iou = 0, float("nan")
+        self.state: dict[str, torch.Tensor] = {}
+        self.evaluations: list[tuple[int, float]] = []
+
+    def offer(self, step: int, iou: float) -> None:
+        self.evaluations.append((step, iou))
+        # Ties keep the earlier weights; nan (no score) beats nothing but nan.
+        if not self.state or iou > self.iou or (math.isnan(self.iou) and not math.isnan(iou)):
+            self.step, self.iou = step, iou
+            self.state = {n: p.detach().to("cpu", copy=True) for n, p in self.parameters.items()}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, parameter in self.parameters.items():
+                parameter.copy_(self.state[name])

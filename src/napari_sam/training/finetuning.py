@@ -6,12 +6,15 @@
 >>> model = load_model("vit_b_lm")
 >>> result = finetune(model, [(image, labels)], steps=200, out_path="mine.pt")
 >>> result.before_iou, result.after_iou        # single-click IoU on held-out objects
+>>> result.improved, result.best_step          # the saved weights are the best seen
 >>> load_model("mine.pt")                      # config stored in the file
 
 Held-out objects: a deterministic `holdout` share of all annotated objects (of all
 images together, drawn with `seed`) is removed from the training labels and used only to
-measure single-click IoU before and after training. Held-out objects keep their pixels
-in the training images, but are never a training target.
+measure single-click IoU: at the start and every `eval_every` steps. Held-out objects
+keep their pixels in the training images, but are never a training target. The weights
+with the best held-out IoU (the starting ones count) are the ones kept and saved, so a
+run never makes the model worse on them; a `FinetuneWarning` says when nothing improved.
 
 No napari, no Qt: numpy in, a checkpoint file out.
 """
@@ -23,6 +26,7 @@ import itertools
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +37,13 @@ import torch
 from .._llvm_guard import hide_triton_if_llvm_is_loaded
 from ..model import Sam
 from ..view import extract_view
-from .data import LabelledImage, from_pairs
-from .evaluate import single_click_iou
-from .loop import Progress, TrainingConfig, train
+from .data import LabelledImage, check_labels, from_pairs
+from .evaluate import BestWeights, HeldOutScore
+from .loop import Progress, TrainingConfig, train, trainable_parameters
 
 __all__ = [
     "FinetuneResult",
+    "FinetuneWarning",
     "finetune",
     "finetuned_models",
     "labelled_slices",
@@ -53,13 +58,23 @@ METADATA_KEY = "napari_sam_finetune"  # ignored by checkpoint readers
 Pair = LabelledImage | tuple[np.ndarray, np.ndarray]
 
 
+class FinetuneWarning(UserWarning):
+    """Fine-tuning did not improve the held-out IoU (the starting weights were kept), or
+    no objects were held out to check it."""
+
+
 @dataclass
 class FinetuneResult:
     """What a fine-tuning run achieved.
 
-    `before_iou` / `after_iou`: mean single-click IoU on the held-out objects (nan when
-    none were held out, or after a cancelled run). `path`: the checkpoint written (None
-    when cancelled or no `out_path` was given). `steps_done` < `steps` when cancelled.
+    `before_iou`: mean single-click IoU on the held-out objects at the start (step 0).
+    `after_iou`: that of the weights the model holds now (and `path` holds): the best
+    evaluated, `best_step` the step they come from (0: the starting weights). `final_iou`:
+    that of the weights of the last step, before the best were restored (nan when not
+    evaluated, e.g. cancelled). `improved`: whether `after_iou` > `before_iou`; None when
+    nothing was held out (then no IoU is known and the last weights are kept).
+    `evaluations`: (step, IoU) of every check. `path`: the checkpoint written (None when
+    cancelled or no `out_path` was given). `steps_done` < `steps` when cancelled.
     """
 
     before_iou: float
@@ -71,6 +86,36 @@ class FinetuneResult:
     training_objects: int
     held_out_objects: int
     history: list[dict] = field(default_factory=list, repr=False)
+    best_step: int = 0
+    improved: bool | None = None
+    final_iou: float = float("nan")
+    evaluations: list[tuple[int, float]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        """The outcome in words: the held-out IoU before and after, or that nothing
+        improved (the starting weights are kept), or that nothing could be checked."""
+        saved = f" ({self.path})" if self.path else ""
+        if self.improved is None:
+            return (
+                f"No held-out objects of 16 pixels or more ({self.held_out_objects} held "
+                f"out, {self.training_objects} trained on), so nothing could be checked: "
+                f"the model after {self.steps_done} steps is kept{saved} unchecked. Hold "
+                "out some objects (holdout=0.2 of 2 or more) to know whether it helped."
+            )
+        if not self.improved:
+            return (
+                f"Fine-tuning did not improve the single-click IoU on the "
+                f"{self.held_out_objects} held-out objects: {self.before_iou:.3f} at the "
+                f"start, {self.final_iou:.3f} after {self.steps_done} steps, never higher at "
+                f"any of {len(self.evaluations) - 1} checks. The starting weights are "
+                f"kept{saved}. Try a lower learning rate, fewer steps or more labelled objects."
+            )
+        return (
+            f"Single-click IoU on the {self.held_out_objects} held-out objects: "
+            f"{self.before_iou:.3f} before, {self.after_iou:.3f} after: the best weights, "
+            f"from step {self.best_step} of {self.steps_done} (last step "
+            f"{self.final_iou:.3f}), are kept{saved}."
+        )
 
 
 # -- examples ----------------------------------------------------------------------------
@@ -89,13 +134,24 @@ def labelled_slices(
     axes. `slice_index`: {axis: index} of one 2D slice; None takes every slice (each one a
     separate example). `rgb`: the image's last axis is colour. Slices without any label
     are skipped when `skip_empty`.
+
+    Raises ValueError when the labels are not integer id images (colour-coded, float,
+    bool, negative ids; see `check_labels`) or their shape differs from the image's.
     """
     image = np.asarray(image) if not hasattr(image, "shape") else image
+    check_labels(labels, ndim=None)
     spatial = tuple(image.shape[:-1] if rgb else image.shape)
     if tuple(labels.shape) != spatial:
+        hint = "pick the labels drawn on this image"
+        if not rgb and image.ndim == labels.ndim + 1 and image.shape[1:] == labels.shape:
+            hint = (
+                f"the image looks channel-first (C, H, W) with {image.shape[0]} channels; "
+                "put them last (np.moveaxis(image, 0, -1)) and treat them as colour, or "
+                "train on one channel, image[c]"
+            )
         raise ValueError(
             f"The labels' shape {tuple(labels.shape)} differs from the image's spatial shape "
-            f"{spatial}: pick the labels drawn on this image."
+            f"{spatial}: {hint}."
         )
     ndim = len(spatial)
     if ndim < 2:
@@ -124,13 +180,7 @@ def _as_item(pair: Pair) -> LabelledImage:
         return pair
     image, labels = pair
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(
-            f"Labels must be 2D (got {labels.ndim}D); use labelled_slices() to cut nD data "
-            "into 2D examples."
-        )
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise ValueError(f"Labels must be integer instance ids, got dtype {labels.dtype}.")
+    check_labels(labels)
     return LabelledImage(np.asarray(image), [labels.astype(np.int64, copy=False)])
 
 
@@ -172,15 +222,6 @@ def split_holdout(
 
 def _count_objects(items: Iterable[LabelledImage]) -> int:
     return sum(int(np.count_nonzero(np.unique(item.levels[0]))) for item in items)
-
-
-def _held_out_iou(model: Sam, items: Sequence[LabelledImage], seed: int) -> float:
-    if not items:
-        return float("nan")
-    # One click on every held-out object (each image has at most this many).
-    clicks = max(int(np.count_nonzero(np.unique(item.levels[0]))) for item in items)
-    with torch.no_grad():
-        return single_click_iou(model, items, clicks_per_image=clicks, seed=seed)
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -250,35 +291,58 @@ def default_config(steps: int, decoder_only: bool, seed: int = 0) -> TrainingCon
     )
 
 
+def default_eval_every(steps: int) -> int:
+    """Steps between held-out checks: about ten per run (plus the start and the end)."""
+    return max(1, math.ceil(steps / 10))
+
+
+def _console_bar(steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="fine-tune", unit="step", dynamic_ncols=True)
+
+
 def finetune(
     model: Sam,
     pairs: Sequence[Pair],
     steps: int = 100,
     decoder_only: bool = True,
     out_path: str | os.PathLike | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
     should_stop: Callable[[], bool] | None = None,
     holdout: float = 0.2,
     seed: int = 0,
     *,
+    eval_every: int | None = None,
     learning_rate: float | None = None,
     config: TrainingConfig | None = None,
     register: bool = True,
     metadata: dict | None = None,
+    warn: bool = True,
 ) -> FinetuneResult:
     """Fine-tune `model` in place on 2D (image, instance labels) pairs (or
-    `LabelledImage`s; see `labelled_slices` for nD data), measuring single-click IoU on
-    held-out objects before and after (see `split_holdout`).
+    `LabelledImage`s; see `labelled_slices` for nD data) and keep the weights that click
+    best on held-out objects (see `split_holdout`).
 
+    - images: (H, W) or (H, W, C) with C in 1, 3, 4, any real dtype; labels: (H, W)
+      integer ids, 0 = background, one id per object. Other inputs raise ValueError.
     - `decoder_only`: train the prompt encoder and mask decoder only (fast, even on a
       CPU); else everything (the model is converted to float32 first).
-    - `progress(step, steps, stats)` after every step; `should_stop()` is polled between
-      steps: a cancelled run stops there, writes nothing and reports `cancelled`.
+    - Single-click IoU on the held-out objects is measured at the start (step 0), every
+      `eval_every` steps (default: about 10 checks, `default_eval_every`) and at the
+      end; the best weights are restored into `model` at the end (the starting ones when
+      nothing beat them: then a `FinetuneWarning`, as when nothing was held out).
+    - `progress`: None or True for a console progress bar, False for none, or a
+      callable `progress(step, steps, stats)` called after every step (`stats` holds
+      `loss`, and `held_out_iou` after a check). `should_stop()` is polled between
+      steps: a cancelled run stops there, keeps the best weights checked so far, writes
+      nothing and reports `cancelled`.
     - `out_path`: where to save the checkpoint (see `save_finetuned`); `register` lists it
       as a model choice of the widget (`finetuned_models`).
     - `learning_rate`: overrides the default (3e-4 decoder-only, 3e-5 full).
     - `config`: full control over the training settings (`steps`, `decoder_only` and
-      `seed` then come from it).
+      `seed` then come from it). `warn=False`: no `FinetuneWarning`, for callers that
+      report `result.improved` themselves.
     """
     items = [_as_item(pair) for pair in pairs]
     if not items:
@@ -288,6 +352,9 @@ def finetune(
         config = dataclasses.replace(config, learning_rate=learning_rate)
     if config.steps < 1:
         raise ValueError(f"Fine-tuning needs at least 1 step, got {config.steps}.")
+    every = default_eval_every(config.steps) if eval_every is None else int(eval_every)
+    if every < 1:
+        raise ValueError(f"eval_every must be at least 1 step, got {eval_every}.")
     training, held_out = split_holdout(items, holdout, config.seed)
     if not training:
         raise ValueError(
@@ -298,12 +365,38 @@ def finetune(
     if not config.freeze_encoder:
         model.float()  # AdamW on bfloat16 weights would lose small updates
     model.eval()
-    before = _held_out_iou(model, held_out, config.seed)
-    history = train(model, from_pairs(training), config, progress, should_stop)
+    score = HeldOutScore(model, held_out, config.seed, frozen_encoder=config.freeze_encoder)
+    best = BestWeights(trainable_parameters(model, config.freeze_encoder))
+    bar = _console_bar(config.steps) if progress is None or progress is True else None
+    callback = progress if callable(progress) else None
+
+    def after_step(step: int, total: int, stats: dict) -> None:
+        if score.clicks and (step % every == 0 or step == total):
+            stats["held_out_iou"] = score()
+            best.offer(step, stats["held_out_iou"])
+        if bar is not None:
+            shown = f"loss {stats['loss']:.3f}"
+            if score.clicks:
+                shown += f", held-out IoU best {best.iou:.3f} (step {best.step})"
+            bar.set_postfix_str(shown, refresh=False)
+            bar.update(step - bar.n)
+        if callback is not None:
+            callback(step, total, stats)
+
+    try:
+        if score.clicks:
+            best.offer(0, score())
+        history = train(model, from_pairs(training), config, after_step, should_stop)
+    finally:
+        if bar is not None:
+            bar.close()
     done = history[-1]["step"] if history else 0
+    last = best.evaluations[-1] if best.evaluations else (0, float("nan"))
+    if score.clicks and best.step != done:
+        best.restore()
     result = FinetuneResult(
-        before_iou=before,
-        after_iou=float("nan"),
+        before_iou=best.evaluations[0][1] if best.evaluations else float("nan"),
+        after_iou=best.iou,
         path=None,
         steps_done=done,
         steps=config.steps,
@@ -311,26 +404,37 @@ def finetune(
         training_objects=_count_objects(training),
         held_out_objects=_count_objects(held_out),
         history=history,
+        best_step=best.step if score.clicks else done,
+        improved=best.step > 0 if score.clicks else None,
+        final_iou=last[1] if last[0] == done else float("nan"),
+        evaluations=best.evaluations,
     )
     if result.cancelled:
         return result
-    result.after_iou = _held_out_iou(model, held_out, config.seed)
     if out_path is not None:
-        info = {
-            "steps": config.steps,
-            "decoder_only": bool(config.freeze_encoder),
-            "holdout": float(holdout),
-            "seed": int(config.seed),
-            "before_iou": _plain(result.before_iou),
-            "after_iou": _plain(result.after_iou),
-            "training_objects": result.training_objects,
-            "held_out_objects": result.held_out_objects,
-            **(metadata or {}),
-        }
-        result.path = save_finetuned(model, out_path, info)
+        result.path = save_finetuned(model, out_path, _metadata(result, config, holdout, metadata))
         if register:
             register_finetuned(result.path)
+    if warn and result.improved is not True:
+        warnings.warn(result.summary(), FinetuneWarning, stacklevel=2)
     return result
+
+
+def _metadata(result: FinetuneResult, config: TrainingConfig, holdout: float, extra) -> dict:
+    return {
+        "steps": config.steps,
+        "decoder_only": bool(config.freeze_encoder),
+        "holdout": float(holdout),
+        "seed": int(config.seed),
+        "before_iou": _plain(result.before_iou),
+        "after_iou": _plain(result.after_iou),
+        "final_iou": _plain(result.final_iou),
+        "best_step": result.best_step,
+        "improved": result.improved,
+        "training_objects": result.training_objects,
+        "held_out_objects": result.held_out_objects,
+        **(extra or {}),
+    }
 
 
 def _plain(value: float) -> float | None:

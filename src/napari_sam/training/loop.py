@@ -280,6 +280,15 @@ def _optimise(model, batch, step, config, optimizer, scheduler, trainable, dense
     return stats
 
 
+def trainable_parameters(model: Sam, freeze_encoder: bool) -> dict[str, torch.nn.Parameter]:
+    """The parameters a run trains, by name: all, or all but the image encoder's."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if not (freeze_encoder and name.startswith("image_encoder."))
+    }
+
+
 def train(
     model: Sam,
     source: Source,
@@ -295,13 +304,10 @@ def train(
     """
     torch.manual_seed(config.seed)
     model.train()
-    trainable = [
-        p
-        for name, p in model.named_parameters()
-        if not (config.freeze_encoder and name.startswith("image_encoder."))
-    ]
+    chosen = trainable_parameters(model, config.freeze_encoder)
     for name, p in model.named_parameters():
-        p.requires_grad_(not (config.freeze_encoder and name.startswith("image_encoder.")))
+        p.requires_grad_(name in chosen)
+    trainable = list(chosen.values())
     dense_head = None
     if config.dense_weight > 0 and not config.freeze_encoder:
         patch_size = model.image_encoder.patch_embed.proj.kernel_size[0]
