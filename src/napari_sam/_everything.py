@@ -151,9 +151,9 @@ class SegmentEverythingPanel(QWidget):
         return None
 
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
+        from ._workers import start_worker
         from .automatic import AutomaticMaskGenerator
 
         if self._worker is not None:
@@ -211,15 +211,15 @@ class SegmentEverythingPanel(QWidget):
             result.refresh()
             progress.update(done - progress.n)
 
-        worker = create_worker(work, _ignore_errors=True)
-        worker.yielded.connect(write)
-        worker.returned.connect(lambda count: self._finish(result, count))
-        worker.errored.connect(lambda error: self._fail(result, error))
-        worker.finished.connect(self._finished)
-        self._worker = worker
+        self._worker = start_worker(
+            work,
+            yielded=write,
+            returned=lambda count: self._finish(result, count),
+            errored=lambda error: self._fail(result, error),
+            finished=self._finished,
+        )
         self.run_button.setEnabled(False)
         self.sam._set_status("Segmenting everything...")
-        worker.start()
 
     def _new_result_layer(self, image_layer):
         from napari.layers import Labels

@@ -17,6 +17,7 @@ import copy
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from ._llvm_guard import hide_triton_if_llvm_is_loaded
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
 from ._widget import LOCAL_FILE, PREVIEW_NAME, device_choices, model_choices
+from ._workers import cleanup_at_exit, start_worker
 
 if TYPE_CHECKING:
     import napari
@@ -117,6 +119,9 @@ class FinetuneWidget(QWidget):
             emitter.connect(self._on_layers_changed)
             self._connected.append((emitter, self._on_layers_changed))
         self._refresh_layer_choices()
+        cleanup_at_exit(self)  # stop training before Python tears Qt down
+        alive = weakref.ref(self)  # a closed viewer deletes this widget without closeEvent
+        self.destroyed.connect(lambda *_: (widget := alive()) is not None and widget.cleanup())
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -209,7 +214,8 @@ class FinetuneWidget(QWidget):
         self.model_combo.setCurrentIndex(max(index, 0))
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setText(text)
+        if not self._closed:
+            self.status_label.setText(text)
 
     def _on_browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model", "", "*.pt")
@@ -405,7 +411,6 @@ class FinetuneWidget(QWidget):
         return None
 
     def _launch(self, items, load, base: str) -> None:
-        from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
         from .training.finetuning import finetune
@@ -442,16 +447,13 @@ class FinetuneWidget(QWidget):
                 warn=False,  # the widget says it (see _on_returned)
             )
 
-        worker = create_worker(work, _ignore_errors=True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        self._worker = start_worker(
+            work, returned=self._on_returned, errored=self._on_error, finished=self._on_finished
+        )
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         examples = f"{len(items)} 2D example{'s' * (len(items) != 1)}"
         self._set_status(f"Fine-tuning {base} on {examples} for {steps} steps...")
-        worker.start()
 
     def _on_stage(self, stage: str) -> None:
         if self._progress is not None:

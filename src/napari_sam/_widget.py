@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from qtpy.QtWidgets import (
 from ._llvm_guard import hide_triton_if_llvm_is_loaded
 from ._messages import UserError as _UserError
 from ._messages import notify as _notify
+from ._workers import cleanup_at_exit, start_worker
 from .commit import CommitError, plan_commit, unwritable_reason, view_to_labels
 from .embeddings import EmbeddingCache, fingerprint
 from .interactive import (
@@ -231,6 +233,10 @@ class SamWidget(QWidget):
             if images:
                 self._set_image_layer(images[-1])
         QTimer.singleShot(0, self._load_default_model)
+        cleanup_at_exit(self)  # stop workers before Python tears Qt down
+        # A viewer closed with its window deletes this widget without closeEvent.
+        alive = weakref.ref(self)
+        self.destroyed.connect(lambda *_: (widget := alive()) is not None and widget.cleanup())
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -364,7 +370,8 @@ class SamWidget(QWidget):
         self.device_combo.addItems(device_choices())
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setText(text)
+        if not self._closed:
+            self.status_label.setText(text)
 
     # ------------------------------------------------------------------ signals
     def _connect(self, emitter, callback) -> None:
@@ -769,7 +776,6 @@ class SamWidget(QWidget):
         self._update_busy()
 
     def _start_load(self, name: str, device: str, dtype: str) -> int:
-        from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
         self._supersede_load()
@@ -795,14 +801,14 @@ class SamWidget(QWidget):
         def current() -> bool:
             return generation == self._load_generation and not self._closed
 
-        worker = create_worker(load, _ignore_errors=True)
-        worker.returned.connect(lambda model: current() and self._use_model(model, name))
-        worker.errored.connect(lambda error: current() and self._on_load_error(error))
-        worker.finished.connect(lambda: self._on_load_finished(worker, pbar))
-        self._load_worker = worker
+        self._load_worker = start_worker(
+            load,
+            returned=lambda model: current() and self._use_model(model, name),
+            errored=lambda error: current() and self._on_load_error(error),
+            finished=lambda: self._on_load_finished(pbar),
+        )
         self._update_busy()
         self._set_status(f"Loading {name}...")
-        worker.start()
         return generation
 
     def _on_download_progress(self, done: int, total: int) -> None:
@@ -821,9 +827,9 @@ class SamWidget(QWidget):
         self._set_status(f"Could not load the model: {error}")
         _notify(f"Segment Anything: could not load the model: {error}", "error")
 
-    def _on_load_finished(self, worker, pbar) -> None:
+    def _on_load_finished(self, pbar) -> None:
         pbar.close()
-        if self._load_worker is worker:
+        if self._load_progress is pbar:
             self._load_worker = None
             self._load_progress = None
         self._update_busy()
@@ -952,7 +958,6 @@ class SamWidget(QWidget):
         return self.embedding_for(key) is not None
 
     def _start_encoding(self, key, image: np.ndarray) -> None:
-        from napari.qt.threading import create_worker
         from napari.utils import cancelable_progress
 
         if self._encode_key == key and self._encode_worker is not None:
@@ -979,15 +984,16 @@ class SamWidget(QWidget):
             except _EncodingCancelled:
                 return None
 
-        worker = create_worker(work, _ignore_errors=True)
-        worker.returned.connect(lambda embedding: self._on_encoded(key, embedding))
-        worker.errored.connect(self._on_encode_error)
-        worker.finished.connect(lambda: self._on_encode_finished(worker, pbar))
-        self._encode_worker, self._encode_key, self._encode_progress = worker, key, pbar
+        self._encode_key, self._encode_progress = key, pbar
+        self._encode_started = time.perf_counter()
+        self._encode_worker = start_worker(
+            work,
+            returned=lambda embedding: self._on_encoded(key, embedding),
+            errored=self._on_encode_error,
+            finished=lambda: self._on_encode_finished(pbar),
+        )
         self._update_busy()
         self._set_status("Computing the image embedding...")
-        self._encode_started = time.perf_counter()
-        worker.start()
 
     def _on_encoded_blocks(self, done: int) -> None:
         if self._encode_progress is not None:
@@ -1011,9 +1017,9 @@ class SamWidget(QWidget):
         self._set_status(f"Embedding failed: {error}")
         _notify(f"Segment Anything: embedding failed: {error}", "error")
 
-    def _on_encode_finished(self, worker, pbar) -> None:
+    def _on_encode_finished(self, pbar) -> None:
         pbar.close()
-        if self._encode_worker is worker:
+        if self._encode_progress is pbar:
             self._encode_worker = None
             self._encode_key = None
             self._encode_progress = None
