@@ -15,7 +15,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QPushButton,
     QSpinBox,
@@ -44,7 +43,7 @@ class _Cancelled(Exception):
 
 
 class SegmentEverythingPanel(QWidget):
-    """Button, "every slice" option and a collapsed "advanced" box of filters."""
+    """Button, "every slice" option and the filters, shown on "advanced settings"."""
 
     def __init__(self, sam: SamWidget) -> None:
         super().__init__()
@@ -64,10 +63,12 @@ class SegmentEverythingPanel(QWidget):
         row.addWidget(self.all_slices_check)
         layout.addLayout(row)
 
-        self.advanced = QGroupBox("advanced")
-        self.advanced.setCheckable(True)
-        self.advanced.setChecked(False)
+        # A tick box that shows the filters: a collapsed group box would stay an empty frame.
+        self.advanced_check = QCheckBox("advanced settings")
+        layout.addWidget(self.advanced_check)
+        self.advanced = QWidget()
         form = QFormLayout(self.advanced)
+        form.setContentsMargins(0, 0, 0, 0)
         self.points_spin = QSpinBox(minimum=1, maximum=128)
         self.points_spin.setValue(MICROSCOPY_DEFAULTS["points_per_side"])
         self.iou_spin = self._fraction(MICROSCOPY_DEFAULTS["pred_iou_thresh"])
@@ -84,8 +85,8 @@ class SegmentEverythingPanel(QWidget):
         }
         for label, field in self._fields.items():
             form.addRow(label, field)
-        self.advanced.toggled.connect(self._show_advanced)
-        self._show_advanced(False)
+        self.advanced_check.toggled.connect(self.advanced.setVisible)
+        self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
 
     @staticmethod
@@ -93,13 +94,6 @@ class SegmentEverythingPanel(QWidget):
         spin = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.01, decimals=2)
         spin.setValue(value)
         return spin
-
-    def _show_advanced(self, shown: bool) -> None:
-        for field in self._fields.values():
-            field.setVisible(shown)
-            label = self.advanced.layout().labelForField(field)
-            if label is not None:
-                label.setVisible(shown)
 
     def parameters(self) -> dict:
         return {

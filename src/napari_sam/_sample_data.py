@@ -1,16 +1,35 @@
-"""Sample data that needs no download: a 2D image (scikit-image's bundled "coins") and a
+"""Sample data that needs no download: real microscopy bundled with scikit-image, and a
 synthetic 3D stack of blobs whose cross-sections change from slice to slice."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# Stroma between two glands of scikit-image's immunohistochemistry image (rows, cols):
+# separate haematoxylin-stained nuclei, large enough for the bundled model's 256 px input.
+IHC_CROP = (slice(256, 448), slice(128, 320))
+# (row, col) of nuclei in that crop: where the demo, the README and the screenshot click.
+IHC_NUCLEI = ((137, 53), (169, 45), (102, 60))
 
-def sample_image():
-    """Coins (303 x 384, uint8): round objects SAM separates well."""
+
+def nuclei_ihc() -> np.ndarray:
+    """(192, 192, 3) uint8 RGB: nuclei (blue, haematoxylin) in tissue stained for a
+    membrane protein (brown, DAB); a crop of `skimage.data.immunohistochemistry()`."""
     from skimage import data
 
-    return [(data.coins(), {"name": "coins"}, "image")]
+    return np.ascontiguousarray(data.immunohistochemistry()[IHC_CROP])
+
+
+def sample_nuclei():
+    """Nuclei in tissue (immunohistochemistry, 2D RGB)."""
+    return [(nuclei_ihc(), {"name": "nuclei (IHC)", "rgb": True}, "image")]
+
+
+def sample_cell():
+    """One cell (660 x 550, uint8): scikit-image's `cell`, a cell floating in saline."""
+    from skimage import data
+
+    return [(data.cell(), {"name": "cell"}, "image")]
 
 
 def blobs_stack(shape: tuple[int, int, int] = (16, 192, 192), count: int = 12, seed: int = 0):

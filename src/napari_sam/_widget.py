@@ -104,6 +104,21 @@ def _transform_kwargs(layer, drop_last: bool = False) -> dict[str, Any]:
     }
 
 
+PREVIEW_COLOUR = (1.0, 0.85, 0.0, 1.0)  # one yellow for every candidate mask
+PREVIEW_CONTOUR = 2  # px: an outline, unlike committed labels, which are filled
+
+
+def _style_preview(layer) -> None:
+    """The preview is an outline in one colour, so it never looks like a committed label
+    (filled, in the random colours napari gives label ids)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(
+        color_dict={None: PREVIEW_COLOUR, 0: (0.0, 0.0, 0.0, 0.0)}
+    )
+    layer.contour = PREVIEW_CONTOUR
+
+
 def _describe_frame(layer) -> str:
     """A layer's name and transform, for messages about frames that do not fit."""
     parts = [f"scale {tuple(np.round(layer.scale, 4).tolist())}"]
@@ -246,7 +261,9 @@ class SamWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._on_image_combo)
         form.addRow("Image", self.image_combo)
 
-        channels = QHBoxLayout()
+        self.channels_row = QWidget()  # shown only for layers that may have channels
+        channels = QHBoxLayout(self.channels_row)
+        channels.setContentsMargins(0, 0, 0, 0)
         self.channel_axis_spin = QSpinBox()
         self.channel_axis_spin.setRange(-1, 31)
         self.channel_axis_spin.setValue(-1)
@@ -261,7 +278,9 @@ class SamWidget(QWidget):
         channels.addWidget(self.channel_axis_spin)
         channels.addWidget(QLabel("use"))
         channels.addWidget(self.channels_edit)
-        form.addRow("Channels", channels)
+        form.addRow("Channels", self.channels_row)
+        self._form = form
+        self._show_channels_row(None)
 
         self.model_combo = QComboBox()
         self._fill_model_choices()
@@ -287,8 +306,10 @@ class SamWidget(QWidget):
         layout.addLayout(form)
 
         actions = QHBoxLayout()
-        self.compute_button = QPushButton("Compute")
-        self.compute_button.setToolTip("Embed the view on screen now (else on the first prompt)")
+        self.compute_button = QPushButton("Compute embedding")
+        self.compute_button.setToolTip(
+            "Run the image encoder on the 2D view on screen now (else on the first click)"
+        )
         self.compute_button.clicked.connect(lambda: self.compute_embedding(wait=False))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -522,6 +543,7 @@ class SamWidget(QWidget):
 
     def _set_image_layer(self, layer) -> None:
         self._image_layer = layer
+        self._show_channels_row(layer)
         self._fingerprints.clear()
         self._reset_prediction()
         preview = self._preview_layer
@@ -854,9 +876,19 @@ class SamWidget(QWidget):
             index[axis] = int(np.clip(np.round(position[axis]), 0, shape[axis] - 1))
         return ViewSpec(displayed, index)
 
+    def _show_channels_row(self, layer) -> None:
+        """Channels exist only in gray nD data (an axis may hold them), not in 2D or RGB."""
+        shown = layer is not None and not layer.rgb and layer.ndim >= 3
+        self.channels_row.setVisible(shown)
+        label = self._form.labelForField(self.channels_row)
+        if label is not None:
+            label.setVisible(shown)
+
     def _channel_axis(self, layer) -> int | None:
         """The channel axis, when the user picked one and channels on it."""
         axis = self.channel_axis_spin.value()
+        if self.channels_row.isHidden():
+            return None
         if axis < 0 or layer.rgb or not self.channels_edit.text().strip():
             return None
         if axis >= layer.ndim:
@@ -1279,10 +1311,11 @@ class SamWidget(QWidget):
             layer = Labels(
                 np.zeros(shape, np.uint8),
                 name=PREVIEW_NAME,
-                opacity=0.5,
+                opacity=1.0,
                 blending="translucent",
                 **_transform_kwargs(image),
             )
+            _style_preview(layer)
             index = self.viewer.layers.index(image) + 1
             self.viewer.layers.insert(index, layer)
             self._preview_layer = layer
