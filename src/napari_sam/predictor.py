@@ -38,7 +38,10 @@ class Prediction(NamedTuple):
 
     masks: np.ndarray  # (M, H, W) bool
     scores: np.ndarray  # (M,) predicted IoU
-    low_res_logits: np.ndarray  # (M, 256, 256) float32, feed one back as mask_input
+    # (M, h, w) float32, (h, w) = model.prompt_encoder.mask_input_size: 4x the embedding
+    # grid, 256 x 256 for Meta's models, 128 x 128 for tiny_cells; feed one back as
+    # mask_input to refine.
+    low_res_logits: np.ndarray
 
 
 class SamPredictor:
@@ -110,11 +113,12 @@ class SamPredictor:
 
         points: (N, 2) (row, col); labels: (N,) 1 = foreground, 0 = background
         (default: all foreground); box: (min_row, min_col, max_row, max_col), corners in
-        any order; mask_input: (256, 256) or (1, 256, 256) low-res logits from an
-        earlier call. multimask=None returns the 3 ambiguity masks for a single point
+        any order; mask_input: (h, w) or (1, h, w) low-res logits from an earlier call,
+        (h, w) = `model.prompt_encoder.mask_input_size` (256 x 256 for Meta's models,
+        128 x 128 for tiny_cells). multimask=None returns the 3 ambiguity masks for a single point
         and the one unambiguous mask for anything more; True/False force either.
 
-        Returns (masks (M, H, W) bool, scores (M,) predicted IoU, low_res_logits (M, 256, 256)).
+        Returns (masks (M, H, W) bool, scores (M,) predicted IoU, low_res_logits (M, h, w)).
         """
         embedding = self._require_embedding()
         point_xy, point_labels = self._points_to_model(points, labels, embedding)

@@ -78,7 +78,8 @@ class Sam(nn.Module):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts in the model's input frame -> (low-res logits (B, M, 256, 256), IoU (B, M))."""
+        """Prompts in the model's input frame -> (low-res logits (B, M, h, w), IoU (B, M)),
+        (h, w) = `prompt_encoder.mask_input_size` (256 x 256 for Meta's models)."""
         image_pe, sparse, dense, image_side = self._decoder_inputs(
             image_embeddings, points, boxes, mask_input
         )
@@ -105,7 +106,7 @@ class Sam(nn.Module):
         min_iou: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`decode` for large prompt batches: (IoU (B, M), indices of the prompts with
-        an output above `min_iou` (K,), their low-res logits (K, M, 256, 256)); the
+        an output above `min_iou` (K,), their low-res logits (K, M, h, w)); the
         others' masks are never computed."""
         image_pe, sparse, dense, image_side = self._decoder_inputs(
             image_embeddings, points, boxes, mask_input
