@@ -46,8 +46,8 @@ def test_demo_opens_ready_to_click_with_the_whole_image_in_view(make_napari_view
 
 def test_the_widget_shows_channels_only_for_data_that_can_have_them(make_napari_viewer):
     viewer = make_napari_viewer()
-    open_demo(viewer).wait(timeout=60)
-    widget = [w for w in viewer.window.dock_widgets.values() if hasattr(w, "channels_row")][0]
+    widget = open_demo(viewer)
+    widget.wait(timeout=60)
     assert widget.channels_row.isHidden()  # an RGB image
     viewer.add_image(np.zeros((2, 32, 32), np.float32), name="two channels")
     assert not widget.channels_row.isHidden()

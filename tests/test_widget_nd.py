@@ -85,11 +85,11 @@ def test_multichannel_view_from_chosen_channels(viewer):
     widget.channel_axis_spin.setValue(0)
     widget.channels_edit.setText("2")
     widget._on_view_options()
-    view = widget._view_image(widget._image_layer, widget._view_spec(widget._image_layer))
+    view = widget.view_reader(widget._image_layer)(widget._view_spec(widget._image_layer))[0]
     np.testing.assert_array_equal(view, data[2])
     widget.channels_edit.setText("0,1,2")
     widget._on_view_options()
-    view = widget._view_image(widget._image_layer, widget._view_spec(widget._image_layer))
+    view = widget.view_reader(widget._image_layer)(widget._view_spec(widget._image_layer))[0]
     assert view.shape == (*coins().shape, 3)
     assert widget.compute_embedding(wait=True)
     viewer.dims.set_current_step(0, 0)  # the channel slider: same view, cached embedding

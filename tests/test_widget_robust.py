@@ -225,3 +225,23 @@ def test_widget_from_the_plugins_menu_loads_its_model_and_answers_the_first_clic
     widget.points_layer.add([[150, 190]])  # clicked before the model is ready
     qtbot.waitUntil(lambda: len(widget.candidates) == 3, timeout=120_000)
     assert widget.model is not None
+
+
+def test_lazy_image_planes_are_read_in_the_worker_and_remembered(viewer, qtbot):
+    from test_widget_everything import SlowPlanes
+
+    planes = SlowPlanes(np.stack([coins()] * 3))
+    viewer.add_image(planes, name="lazy")
+    widget = open_widget(viewer, disc_model())
+    viewer.dims.set_current_step(0, 1)
+    widget.points_layer.add([[1, 100, 100]])
+    qtbot.waitUntil(lambda: len(widget.candidates) == 3, timeout=60_000)
+    assert planes.reads == [False]  # one read, in the worker
+    widget.points_layer.add([[1, 150, 190]])  # the next prompt: no read at all
+    assert widget.candidates and planes.reads == [False]
+    planes._data[1] = coins()[::-1]  # changed on disk, and napari told (refresh)
+    viewer.layers["lazy"].refresh()
+    widget.points_layer.add([[1, 40, 40]])
+    qtbot.waitUntil(lambda: len(widget.cache) == 2 and not widget.busy, timeout=60_000)
+    assert len(planes.reads) >= 2 and not any(planes.reads)  # never in the GUI thread
+    assert widget.candidates  # decoded on the changed plane's own embedding

@@ -205,7 +205,8 @@ class SamWidget(QWidget):
         self._preview_view: ViewSpec | None = None
         self._negative = False
         self._pressing = False  # a click on the points layer is being added
-        self._fingerprints: dict[tuple, str] = {}  # of lazy data only; numpy is rehashed
+        self._fingerprints: dict[tuple, tuple] = {}  # of lazy data only; numpy is rehashed
+        self._pixels_generation = 0  # bumped whenever those fingerprints are forgotten
         # The embedding of the view last encoded: kept whatever the cache's budget.
         self._current_embedding: tuple[tuple, Any] | None = None
         self._encode_worker = None
@@ -544,7 +545,7 @@ class SamWidget(QWidget):
     def _set_image_layer(self, layer) -> None:
         self._image_layer = layer
         self._show_channels_row(layer)
-        self._fingerprints.clear()
+        self._forget_pixels()
         self._reset_prediction()
         preview = self._preview_layer
         if (
@@ -562,7 +563,7 @@ class SamWidget(QWidget):
         self._schedule_update()
 
     def _on_image_data(self, event=None) -> None:
-        self._fingerprints.clear()
+        self._forget_pixels()
         self._schedule_update()
 
     def _spatial_shape(self, layer) -> tuple[int, ...]:
@@ -905,7 +906,7 @@ class SamWidget(QWidget):
             raise _UserError(f"Channels must be numbers such as 0,1,2; got {text!r}.") from None
 
     def _on_view_options(self, *_args) -> None:
-        self._fingerprints.clear()
+        self._forget_pixels()
         self._reset_prediction()
         self._schedule_update()
 
@@ -933,27 +934,29 @@ class SamWidget(QWidget):
 
         return read
 
-    def _view_image(self, layer, view: ViewSpec) -> np.ndarray:
-        return self.view_reader(layer)(view)[0]
+    def _embedding_key(self, layer, view: ViewSpec) -> tuple[tuple | None, np.ndarray | None]:
+        """(key, image): the cache key of the view's embedding and the view's pixels.
 
-    def _embedding_key(self, layer, view: ViewSpec) -> tuple[tuple, np.ndarray | None]:
-        """(key, image or None): the cache key of the view's embedding, and the view's
-        pixels when they had to be read. In-memory data is hashed on every call, so an
-        edit in place (`layer.data[:] = ...`) is never decoded on the old embedding;
-        lazy data (dask, zarr) is hashed again after napari reports a change."""
-        read = self.view_reader(layer)
+        In-memory data is read and hashed here on every call (about a millisecond), so an
+        edit in place (`layer.data[:] = ...`) is never decoded on the old embedding. Lazy
+        data (dask, zarr) is never read in the GUI thread: the key is the one the worker
+        found for this view since napari last reported a change (set_data, data), else
+        None, and (None, None) asks for a worker to read, hash and embed it."""
         data = layer.data[0] if layer.multiscale else layer.data
         if isinstance(data, np.ndarray):
-            image, where = read(view)
+            image, where = self.view_reader(layer)(view)
             return (fingerprint(image), where, self._model_id), image
-        channel_axis = self._channel_axis(layer)
-        local = (layer.unique_id, view.key(), channel_axis, tuple(self._channels() or ()))
-        cached = self._fingerprints.get(local)
-        if cached is not None:
-            return (*cached, self._model_id), None
-        image, where = read(view)
-        self._fingerprints[local] = (fingerprint(image), where)
-        return (fingerprint(image), where, self._model_id), image
+        found = self._fingerprints.get(self._lazy_view_id(layer, view))
+        return (None if found is None else (*found, self._model_id)), None
+
+    def _forget_pixels(self) -> None:
+        """The pixels of lazy data may have changed: read and hash them again."""
+        self._fingerprints.clear()
+        self._pixels_generation += 1
+
+    def _lazy_view_id(self, layer, view: ViewSpec) -> tuple:
+        channels = (self._channel_axis(layer), tuple(self._channels() or ()))
+        return (layer.unique_id, view.key(), channels)
 
     def embedding_for(self, key):
         """The embedding stored under `key`: the current view's, or one in the cache."""
@@ -977,30 +980,35 @@ class SamWidget(QWidget):
             layer = self._image_layer
             view = self._view_spec(layer)
             key, image = self._embedding_key(layer, view)
+            if key is not None and self.embedding_for(key) is not None:
+                return True
+            self._start_encoding(layer, view, key, image)
+            if wait:
+                self._wait_for(lambda: self._encode_worker is None)
+            key, _ = self._embedding_key(layer, view)
         except _UserError as error:
             self._user_error(error)
             return False
-        if self.embedding_for(key) is not None:
-            return True
-        if image is None:
-            image = self._view_image(layer, view)
-        self._start_encoding(key, image)
-        if wait:
-            self._wait_for(lambda: self._encode_worker is None)
-        return self.embedding_for(key) is not None
+        return key is not None and self.embedding_for(key) is not None
 
-    def _start_encoding(self, key, image: np.ndarray) -> None:
+    def _start_encoding(self, layer, view: ViewSpec, key, image) -> None:
+        """Embed the view in a worker. Without `image` (lazy data) the worker reads the
+        plane and hashes it first, and finds it in the cache when it was embedded."""
         from napari.utils import cancelable_progress
 
-        if self._encode_key == key and self._encode_worker is not None:
+        job = key if key is not None else ("lazy", self._lazy_view_id(layer, view))
+        if self._encode_key == job and self._encode_worker is not None:
             return
         self._cancel_encoding()
         depth = len(getattr(self._model.image_encoder, "blocks", ())) or 1
         pbar = cancelable_progress(
             total=depth, desc="SAM: embedding image", cancel_callback=self.cancel
         )
-        model = self._model
-        relay = self._relay
+        model, model_id, relay = self._model, self._model_id, self._relay
+        read = None if image is not None else self.view_reader(layer)
+        lazy_id = None
+        if image is None:  # remembered only if napari reports no change meanwhile
+            lazy_id = (self._lazy_view_id(layer, view), self._pixels_generation)
 
         def on_block(done: int, _total: int) -> None:
             # Runs in the worker, between encoder blocks: progress, and the place to stop.
@@ -1011,16 +1019,23 @@ class SamWidget(QWidget):
         def work():
             from .predictor import embed_image
 
-            try:
-                return embed_image(model, image, on_block)
-            except _EncodingCancelled:
-                return None
+            pixels, found_key = image, key
+            if pixels is None:
+                pixels, where = read(view)
+                found_key = (fingerprint(pixels), where, model_id)
+            embedding = self.embedding_for(found_key)
+            if embedding is None:
+                try:
+                    embedding = embed_image(model, pixels, on_block)
+                except _EncodingCancelled:
+                    return None
+            return found_key, embedding, lazy_id
 
-        self._encode_key, self._encode_progress = key, pbar
+        self._encode_key, self._encode_progress = job, pbar
         self._encode_started = time.perf_counter()
         self._encode_worker = start_worker(
             work,
-            returned=lambda embedding: self._on_encoded(key, embedding),
+            returned=self._on_encoded,
             errored=self._on_encode_error,
             finished=lambda: self._on_encode_finished(pbar),
         )
@@ -1031,15 +1046,18 @@ class SamWidget(QWidget):
         if self._encode_progress is not None:
             self._encode_progress.update(done - self._encode_progress.n)
 
-    def _on_encoded(self, key, embedding) -> None:
-        if embedding is None:  # cancelled
+    def _on_encoded(self, result) -> None:
+        if result is None:  # cancelled
             if self._image_layer is None:
                 self._set_status("Open or choose an image layer.")
             else:
                 self._set_status("Embedding cancelled.")
             return
+        key, embedding, lazy_id = result
         if key[-1] != self._model_id:
             return  # the model changed meanwhile
+        if lazy_id is not None and lazy_id[1] == self._pixels_generation:
+            self._fingerprints[lazy_id[0]] = key[:-1]
         self.store_embedding(key, embedding)
         seconds = time.perf_counter() - self._encode_started
         self._set_status(f"Embedding ready ({seconds:.1f} s).")
@@ -1209,11 +1227,9 @@ class SamWidget(QWidget):
             self._show_preview()
             return
         key, image = self._embedding_key(layer, view)
-        embedding = self.embedding_for(key)
+        embedding = None if key is None else self.embedding_for(key)
         if embedding is None:
-            if image is None:
-                image = self._view_image(layer, view)
-            self._start_encoding(key, image)
+            self._start_encoding(layer, view, key, image)
             return
         predictor = self._predictor
         predictor.image_embedding = embedding
