@@ -5,6 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# Meta's segment_anything is the reference: missing, these tests fail, never skip.
+from segment_anything.modeling.image_encoder import Attention as MetaAttention
+from segment_anything.modeling.image_encoder import get_rel_pos
+from segment_anything.modeling.transformer import Attention as MetaDecoderAttention
+
 import napari_sam.model.image_encoder as image_encoder
 from napari_sam.model import CONFIGS, SamConfig, build_sam, get_config
 from napari_sam.model.factored import FactoredKeys, ImageSide
@@ -14,7 +19,7 @@ from napari_sam.model.image_encoder import (
     relative_position_table,
     split_windows,
 )
-from reference import TINY
+from reference import TINY, build_reference
 
 
 def test_official_configs_hold_the_published_values():
@@ -61,34 +66,25 @@ def test_relative_position_table_indexes_offsets():
 
 
 def test_relative_position_table_resamples_for_other_sizes():
-    table = torch.linspace(0, 1, 7)[:, None]
+    table = torch.randn(7, 3)  # trained for size 4
     rel = relative_position_table(table, 6)  # needs 11 offsets
-    assert rel.shape == (6, 6, 1)
-    assert torch.all(rel[1:, 0] >= rel[:-1, 0])  # still increasing with the offset
+    assert rel.shape == (6, 6, 3)
+    torch.testing.assert_close(rel, get_rel_pos(6, 6, table))  # Meta's resampling
+    ramp = relative_position_table(torch.linspace(0, 1, 7)[:, None], 6)
+    assert ramp[5, 0, 0] == 1 and ramp[0, 5, 0] == 0  # the end offsets stay the ends
 
 
-def plain_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Textbook softmax attention with the full decomposed bias, for comparison."""
-    batch, height, width, dim = x.shape
-    heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    rows = relative_position_table(attn.rel_pos_h, height)
-    cols = relative_position_table(attn.rel_pos_w, width)
-    grid = q.reshape(batch, heads, height, width, -1)
-    bias = (
-        torch.einsum("bnhwc,hkc->bnhwk", grid, rows)[..., None]
-        + torch.einsum("bnhwc,wkc->bnhwk", grid, cols)[..., None, :]
-    )
-    logits = logits + bias.reshape(batch, heads, height * width, height * width)
-    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(batch, height, width, dim)
-    return attn.proj(out)
+def meta_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Meta's windowless encoder attention holding `attn`'s weights, applied to x."""
+    dim, size = x.shape[-1], x.shape[1]
+    reference = MetaAttention(dim, attn.num_heads, use_rel_pos=True, input_size=(size, size))
+    reference.load_state_dict(attn.state_dict(), strict=True)
+    return reference(x)
 
 
 @pytest.mark.parametrize("explicit", [False, True])  # fused kernel, two products
 @pytest.mark.parametrize("chunk", [1 << 22, 700, 50])  # all at once, head bands, row bands
-def test_chunked_attention_equals_plain_attention(monkeypatch, chunk, explicit):
+def test_chunked_attention_equals_metas_attention(monkeypatch, chunk, explicit):
     monkeypatch.setattr(image_encoder, "_BIAS_CHUNK_ELEMENTS", chunk)
     monkeypatch.setattr(image_encoder, "_explicit_products", lambda q: explicit)
     torch.manual_seed(0)
@@ -97,7 +93,7 @@ def test_chunked_attention_equals_plain_attention(monkeypatch, chunk, explicit):
     torch.nn.init.normal_(attn.rel_pos_w, std=0.5)
     x = torch.randn(2, 5, 5, 24)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x), plain_attention(attn, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn(x), meta_attention(attn, x), rtol=1e-5, atol=1e-5)
 
 
 def test_explicit_attention_trains_like_the_fused_kernel(monkeypatch):
@@ -231,20 +227,21 @@ def test_runs_on_every_available_device(tiny_model, device):
 
 
 def test_decoder_outputs_follow_multimask_flag(tiny_model):
+    """Tokens 1-3 for multimask output, token 0 alone otherwise: as Meta's decoder."""
+    theirs = build_reference(TINY)
+    theirs.load_state_dict(tiny_model.state_dict(), strict=True)
     features = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     points = (torch.tensor([[[10.0, 20.0], [50, 60]]]), torch.tensor([[1, 0]]))
-    with torch.inference_mode():
-        many, iou_many = tiny_model.decode(features, points, multimask_output=True)
-        one, iou_one = tiny_model.decode(features, points, multimask_output=False)
-        both = tiny_model.mask_decoder.predict_masks(
-            features,
-            tiny_model.prompt_encoder.get_dense_pe(),
-            *tiny_model.prompt_encoder(points, None, None),
-        )
-    assert many.shape == (1, 3, 64, 64) and one.shape == (1, 1, 64, 64)
-    torch.testing.assert_close(both[0][:, 1:], many)
-    torch.testing.assert_close(both[0][:, :1], one)
-    assert iou_many.shape == (1, 3) and iou_one.shape == (1, 1)
+    for multimask, count in ((True, 3), (False, 1)):
+        with torch.inference_mode():
+            low_res, iou = tiny_model.decode(features, points, multimask_output=multimask)
+            sparse, dense = theirs.prompt_encoder(points, None, None)
+            expected, expected_iou = theirs.mask_decoder(
+                features, theirs.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+            )
+        assert low_res.shape == (1, count, 64, 64) and iou.shape == (1, count)
+        torch.testing.assert_close(low_res, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-5)
 
 
 def test_postprocess_resizes_to_the_original_and_drops_padding(tiny_model):
@@ -253,8 +250,13 @@ def test_postprocess_resizes_to_the_original_and_drops_padding(tiny_model):
     out = tiny_model.postprocess_masks(logits, (192, 256), (300, 400))
     assert out.shape == (1, 1, 300, 400)
     assert (out > 0).float().mean() > 0.95
-    same = tiny_model.postprocess_masks(logits, (256, 256), (256, 256))
-    assert torch.equal(same, F.interpolate(logits, (256, 256), mode="bilinear"))
+    theirs = build_reference(TINY)
+    smooth = F.interpolate(torch.randn(2, 1, 8, 8), (64, 64), mode="bilinear")
+    for input_size, original_size in (((192, 256), (300, 400)), ((256, 256), (256, 256))):
+        torch.testing.assert_close(
+            tiny_model.postprocess_masks(smooth, input_size, original_size),
+            theirs.postprocess_masks(smooth, input_size, original_size),
+        )
 
 
 def test_dense_positional_encoding_is_cached_until_weights_change():
@@ -272,20 +274,24 @@ def test_dense_positional_encoding_is_cached_until_weights_change():
 
 
 @pytest.mark.parametrize(("queries", "keys"), [(7, 300), (300, 7), (7, 7), (40, 300)])
-def test_decoder_attention_folded_forms_equal_the_textbook_form(queries, keys):
+def test_decoder_attention_folded_forms_equal_metas_attention(queries, keys):
     from napari_sam.model.transformer import Attention as DecoderAttention
 
     torch.manual_seed(0)
     attn = DecoderAttention(dim=64, num_heads=4, downsample_rate=2)  # head dim 8
     for p in attn.parameters():
         torch.nn.init.normal_(p, std=0.3)
+    reference = MetaDecoderAttention(64, 4, downsample_rate=2)
+    reference.load_state_dict(attn.state_dict(), strict=True)
     q, k, v = torch.randn(2, queries, 64), torch.randn(2, keys, 64), torch.randn(2, keys, 64)
     folded = attn(q, k, v)
-    textbook = attn._projected(q, k, v)
-    torch.testing.assert_close(folded, textbook, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        expected = reference(q, k, v)
+    # outputs up to 16: float32 rounding in another order differs by up to 3e-5
+    torch.testing.assert_close(folded, expected, rtol=1e-4, atol=1e-4)
     residual = torch.randn(2, queries, 64)
-    torch.testing.assert_close(attn(q, k, v, residual=residual), residual + textbook,
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(attn(q, k, v, residual=residual), residual + expected,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
     # gradients flow through the folded forms as well
     folded.sum().backward()
     # (with few queries the key bias provably has no effect: it shifts a softmax's input)
@@ -304,7 +310,7 @@ def test_iou_first_decoding_equals_full_decoding_for_kept_prompts(tiny_model):
             features, points, None, None, True, threshold
         )
     torch.testing.assert_close(all_iou, iou)
-    assert rows.tolist() == torch.nonzero((iou > threshold).any(1))[:, 0].tolist()
+    assert rows.tolist() == [i for i in range(6) if max(iou[i].tolist()) > threshold]
     assert 0 < len(rows) < 6
     torch.testing.assert_close(kept, low[rows], rtol=1e-4, atol=1e-4)
     with torch.inference_mode():

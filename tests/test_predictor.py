@@ -71,7 +71,7 @@ def test_labels_default_to_foreground(predictor):
 
 def test_points_are_row_col_converted_once_to_model_xy(tiny_model, predictor):
     """predict((row, col)) equals the model decoding (x, y) scaled to the input frame."""
-    scale = 256 / 210  # longest side 210 -> 256; input size (183, 256)
+    # longest side 210 -> 256; input size (183, 256)
     _masks, _scores, logits = predictor.predict(points=[[30, 170]], labels=[1])
     xy = torch.tensor([[[170 * (256 / 210), 30 * (183 / 150)]]])
     with torch.inference_mode():
@@ -80,7 +80,6 @@ def test_points_are_row_col_converted_once_to_model_xy(tiny_model, predictor):
         )
     np.testing.assert_allclose(logits, expected[0].numpy(), rtol=1e-5, atol=1e-5)
     assert predictor.image_embedding.input_size == (183, 256)
-    assert scale > 1
 
 
 def test_box_corners_in_any_order_are_normalised(predictor):
@@ -155,14 +154,18 @@ def test_any_dtype_and_channel_layout(tiny_model):
         assert masks.shape == (3, *image.shape[:2])
 
 
-def test_bfloat16_encoder_through_the_predictor(tiny_model, image):
+def test_bfloat16_encoder_through_the_predictor(tiny_model, image, predictor):
     model = build_sam(TINY).eval()
     model.load_state_dict(tiny_model.state_dict())
     model.image_encoder.to(torch.bfloat16)
-    predictor = SamPredictor(model)
-    predictor.set_image(image)
-    assert predictor.image_embedding.features.dtype == torch.float32
-    assert predictor.predict(points=[[70, 90]]).masks.shape == (3, 150, 210)
+    half = SamPredictor(model)
+    half.set_image(image)
+    features = half.image_embedding.features
+    assert features.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: the embedding within a few percent of float32's
+    reference = predictor.image_embedding.features
+    assert ((features - reference).norm() / reference.norm()).item() < 0.05
+    assert half.predict(points=[[70, 90]]).masks.shape == (3, 150, 210)
 
 
 def test_predict_before_set_image(tiny_model):

@@ -185,6 +185,26 @@ def blobs(rng, size=128):
     return LabelledImage(np.clip(image, 0, 255).astype(np.uint8), [labels])
 
 
+def test_single_click_iou_scores_the_top_ranked_mask_against_the_clicked_object():
+    """A stand-in decoder with known masks on a 64 x 64 image (the model's 256 px input,
+    no padding): top-ranked (IoU 0.9) the left half, second (0.5) exactly the left
+    quarter. Objects: the left quarter and the rest. The top mask scores 1024 / 2048 on
+    the first and 1024 / 4096 on the second, whatever pixel of each is clicked."""
+    model = build_sam(TINY).eval()
+
+    def decode(features, points=None, boxes=None, mask_input=None, multimask_output=True):
+        low_res = torch.full((1, 3, 64, 64), -10.0)
+        low_res[:, 0, :, :32] = 10.0
+        low_res[:, 1, :, :16] = 10.0
+        return low_res, torch.tensor([[0.9, 0.5, 0.1]])
+
+    model.decode = decode
+    labels = np.ones((64, 64), np.int32)
+    labels[:, 16:] = 2
+    image = LabelledImage(np.zeros((64, 64), np.uint8), [labels])
+    assert single_click_iou(model, [image], clicks_per_image=5) == pytest.approx(0.375)
+
+
 def test_decoder_only_fine_tuning_raises_held_out_iou():
     torch.manual_seed(0)
     model = build_sam(TINY).eval()

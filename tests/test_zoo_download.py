@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from pathlib import Path
 
-import pooch
 import pytest
 
 import zoo_helpers
@@ -167,8 +167,20 @@ def test_cache_folder_follows_the_environment_variable(served, registered, tmp_p
     load_model("test_tiny", progress=False)
     assert (elsewhere / entry.filename).is_file()
 
+    # Unset: the platform's user cache folder, as the README says (not pooch's answer
+    # compared with itself).
     monkeypatch.delenv(CACHE_ENV)
-    assert cache_dir() == Path(pooch.os_cache("napari-sam-labeler"))
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if sys.platform.startswith("linux"):
+        assert cache_dir() == home / ".cache" / "napari-sam-labeler"
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert cache_dir() == tmp_path / "xdg" / "napari-sam-labeler"
+    elif sys.platform == "darwin":
+        assert cache_dir() == home / "Library" / "Caches" / "napari-sam-labeler"
+    else:
+        assert cache_dir().parts[-3:] == ("napari-sam-labeler", "napari-sam-labeler", "Cache")
 
 
 def test_default_progress_is_a_console_bar(served, registered, capsys):
