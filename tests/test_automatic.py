@@ -1,16 +1,30 @@
 """Segment everything: the same masks as Meta's generator, exact statistics without
-upscaling, labels without overlaps, progress, cancellation and bad input."""
+upscaling, masks kept inside their boxes (memory bounded by the boxes, not by objects x
+pixels), labels without overlaps, progress, cancellation and bad input."""
+
+import tracemalloc
+from functools import partial
 
 import numpy as np
 import pytest
+import segment_anything  # the reference: missing, it must fail, never skip
 import torch
 import torch.nn.functional as F
 from skimage import data
+from skimage.measure import label
 
 from napari_sam import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from napari_sam.automatic import GenerationCancelled, crop_boxes
 from napari_sam.image import to_uint8_rgb
-from napari_sam.mask_ops import Resampling, logit_statistics, masks_to_boxes, nms
+from napari_sam.mask_ops import (
+    Resampling,
+    logit_statistics,
+    mask_bbox,
+    masks_to_boxes,
+    nms,
+    remove_small_regions,
+    upscaled_statistics,
+)
 from reference import TINY, twin_models
 
 
@@ -30,6 +44,18 @@ def local_twins():
                     tensor.mul_(3.0)
             state["mask_decoder.iou_prediction_head.layers.2.bias"].add_(1.0)
     return models
+
+
+@pytest.fixture(scope="module")
+def cells_model():
+    """The bundled model: trained on cells, it finds objects of many small sizes."""
+    from napari_sam import load_model
+
+    return load_model("tiny_cells", device="cpu", dtype="float32", progress=False)
+
+
+# Every candidate passes (relaxed filters), near-duplicates go: hundreds of objects.
+UNFILTERED = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +111,6 @@ def assert_same_records(ours: list[MaskRecord], theirs: list[dict], least: int) 
 
 
 def test_same_masks_as_meta(local_twins, coins):
-    segment_anything = pytest.importorskip("segment_anything")
     ours_model, theirs_model = local_twins
     ours = AutomaticMaskGenerator(ours_model, **PARAMS).generate(coins)
     theirs = segment_anything.SamAutomaticMaskGenerator(theirs_model, **PARAMS).generate(coins)
@@ -93,7 +118,6 @@ def test_same_masks_as_meta(local_twins, coins):
 
 
 def test_same_masks_as_meta_after_nms(local_twins, coins):
-    segment_anything = pytest.importorskip("segment_anything")
     ours_model, theirs_model = local_twins
     params = dict(PARAMS, box_nms_thresh=0.7)
     ours = AutomaticMaskGenerator(ours_model, **params).generate(coins)
@@ -102,7 +126,6 @@ def test_same_masks_as_meta_after_nms(local_twins, coins):
 
 
 def test_same_masks_as_meta_with_crops(local_twins, coins):
-    segment_anything = pytest.importorskip("segment_anything")
     ours_model, theirs_model = local_twins
     params = dict(PARAMS, points_per_side=8, crop_n_layers=1)
     ours = AutomaticMaskGenerator(ours_model, **params).generate(coins)
@@ -122,28 +145,66 @@ def test_crop_boxes_cover_the_image_with_overlap():
         assert covered.min() >= 1 and covered.max() >= 2
 
 
-@pytest.mark.parametrize(
-    ("input_size", "original_size"),
-    [((256, 256), (256, 256)), ((202, 256), (303, 384)), ((256, 171), (1000, 668))],
-)
-def test_statistics_without_upscaling_are_exact(input_size, original_size):
-    """Counts above thresholds and boxes equal those of the upscaled logits."""
-    generator = torch.Generator().manual_seed(0)
-    smooth = torch.randn(24, 1, 8, 8, generator=generator) * 6
-    low = F.interpolate(smooth, (64, 64), mode="bilinear", align_corners=False)[:, 0]
-    low[0] = -5.0  # an empty mask
-    resampling = Resampling.for_model((64, 64), 256, input_size, original_size)
-    counts, boxes = logit_statistics(low, resampling, (-1.0, 0.0, 1.0), 0.0)
+SIZES = [((256, 256), (256, 256)), ((202, 256), (303, 384)), ((256, 171), (1000, 668))]
+
+
+def smooth_logits(count: int, seed: int = 0) -> torch.Tensor:
+    """(count, 64, 64) low-res logits with structure at several places, not noise."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = torch.randn(count, 1, 8, 8, generator=generator) * 6
+    return F.interpolate(smooth, (64, 64), mode="bilinear", align_corners=False)[:, 0]
+
+
+def postprocess(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
+    """`Sam.postprocess_masks` for a 256 px model with 64 x 64 low-res logits."""
     full = F.interpolate(low[:, None], (256, 256), mode="bilinear", align_corners=False)
     full = full[..., : input_size[0], : input_size[1]]
     if input_size != original_size:
         full = F.interpolate(full, original_size, mode="bilinear", align_corners=False)
-    full = full[:, 0]
+    return full[:, 0]
+
+
+@pytest.mark.parametrize(
+    "statistics",
+    [
+        logit_statistics,
+        upscaled_statistics,
+        partial(upscaled_statistics, max_pixels=5000),  # one candidate, stripes of rows
+        partial(upscaled_statistics, max_pixels=400_000),  # several candidates at a time
+    ],
+    ids=["block-bounds", "upscaled", "upscaled-in-stripes", "upscaled-in-groups"],
+)
+@pytest.mark.parametrize(("input_size", "original_size"), SIZES)
+def test_statistics_are_those_of_the_upscaled_logits(statistics, input_size, original_size):
+    """Counts above thresholds and boxes equal those of the upscaled logits."""
+    low = smooth_logits(24)
+    low[0] = -5.0  # an empty mask
+    resampling = Resampling.for_model((64, 64), 256, input_size, original_size)
+    counts, boxes = statistics(low, resampling, (-1.0, 0.0, 1.0), 0.0)
+    full = postprocess(low, input_size, original_size)
     expected = torch.stack([(full > t).sum((1, 2)) for t in (-1.0, 0.0, 1.0)], 1)
     # Float rounding may move a pixel lying exactly on a threshold.
     assert (counts - expected).abs().max() <= 2
     assert torch.equal(boxes, masks_to_boxes(full > 0))
     assert boxes[0].tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(("input_size", "original_size"), SIZES)
+def test_upscaling_a_window_equals_postprocess_masks(input_size, original_size):
+    """rows[r0:r1] @ low @ cols[c0:c1].T gives the window of the full upscaling."""
+    low = smooth_logits(5, seed=1)
+    resampling = Resampling.for_model((64, 64), 256, input_size, original_size)
+    full = postprocess(low, input_size, original_size)
+    height, width = original_size
+    for window in [(0, 0, height, width), (7, 3, 40, 90), (height - 1, width - 5, height, width)]:
+        r0, c0, r1, c1 = window
+        part = resampling.upscale(low, window)
+        assert part.shape == (5, r1 - r0, c1 - c0)
+        # F.interpolate computes its source positions in float32: about 1e-5 of a logit.
+        assert torch.allclose(part, full[:, r0:r1, c0:c1], atol=2e-4)
+    for bad in [(5, 5, 5, 9), (0, 0, height + 1, 4), (-1, 0, 3, 3)]:
+        with pytest.raises(ValueError, match="not inside"):
+            resampling.upscale(low, bad)
 
 
 def test_nms_keeps_best_and_drops_overlaps():
@@ -154,10 +215,6 @@ def test_nms_keeps_best_and_drops_overlaps():
     assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
 
 
-def record(mask: np.ndarray) -> MaskRecord:
-    return MaskRecord(mask, int(mask.sum()), (0, 0, 0, 0), 1.0, 1.0, (0.0, 0.0), (0, 0, 1, 1))
-
-
 def test_masks_to_labels_keeps_small_objects_on_top():
     big = np.zeros((20, 20), bool)
     big[2:18, 2:18] = True
@@ -165,7 +222,8 @@ def test_masks_to_labels_keeps_small_objects_on_top():
     small[5:8, 5:8] = True
     apart = np.zeros_like(big)
     apart[0, :] = True
-    labels = masks_to_labels([record(small), record(big), record(apart)], big.shape)
+    records = [MaskRecord.from_mask(m) for m in (small, big, apart)]
+    labels = masks_to_labels(records, big.shape)
     assert labels.dtype == np.int32
     assert (labels[small] == 1).all()  # the small one inside stays visible
     assert (labels[big & ~small] == 2).all()
@@ -177,6 +235,55 @@ def test_masks_to_labels_keeps_small_objects_on_top():
     assert not masks_to_labels([], (4, 5)).any()
     with pytest.raises(ValueError, match="does not fit"):
         masks_to_labels([big], (10, 10))
+    with pytest.raises(ValueError, match="does not fit"):
+        masks_to_labels(records, (20, 21))
+
+
+def test_a_record_keeps_its_mask_inside_its_box():
+    mask = np.zeros((30, 40), bool)
+    mask[5:9, 10:20] = True
+    mask[12, 11] = True
+    made = MaskRecord.from_mask(mask, predicted_iou=0.9, point=(6.0, 12.0))
+    assert made.bbox == (5, 10, 12, 19) and made.area == 41
+    assert made.bbox_mask.shape == (8, 10) and made.image_shape == (30, 40)
+    assert np.array_equal(made.mask, mask) and made.crop_box == (0, 0, 30, 40)
+    empty = MaskRecord.from_mask(np.zeros((30, 40), bool))
+    assert empty.bbox == (0, 0, 0, 0) and empty.area == 0 and not empty.mask.any()
+    with pytest.raises(ValueError, match=r"MaskRecord\.from_mask"):  # a full mask as bbox_mask
+        MaskRecord(mask, 41, (5, 10, 12, 19), 1.0, 1.0, (0.0, 0.0), (0, 0, 30, 40), (30, 40))
+    with pytest.raises(ValueError, match="does not fit"):  # box outside the image
+        MaskRecord(mask[:8, :10], 41, (25, 35, 32, 44), 1.0, 1.0, (0.0, 0.0), (0, 0, 30, 40),
+                   (30, 40))  # fmt: skip
+
+
+def paint(masks: list[np.ndarray], shape) -> np.ndarray:
+    """The labels rule on full masks, plainly: largest first, later ones of equal area
+    over earlier ones, record i gets i + 1."""
+    labels = np.zeros(shape, np.int32)
+    by_area = sorted(range(len(masks)), key=lambda i: (-int(masks[i].sum()), i))
+    for i in by_area:
+        labels[masks[i]] = i + 1
+    return labels
+
+
+def test_labels_painted_from_boxes_equal_painting_full_masks():
+    """Overlapping objects of every size, equal areas, objects at the image edges."""
+    rng = np.random.default_rng(3)
+    shape = (90, 120)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    masks = []
+    for _ in range(40):
+        centre = rng.uniform((-5, -5), (shape[0] + 5, shape[1] + 5))
+        radius = rng.uniform(2, 30, size=2)
+        masks.append(
+            ((rows - centre[0]) / radius[0]) ** 2 + ((cols - centre[1]) / radius[1]) ** 2 < 1
+        )
+    masks += [masks[3].copy(), np.roll(masks[5], 7, axis=1), np.zeros(shape, bool)]
+    records = [MaskRecord.from_mask(m) for m in masks]
+    expected = paint(masks, shape)
+    assert len(np.unique(expected)) > 20  # many objects visible, many overlapping
+    assert np.array_equal(masks_to_labels(records, shape), expected)
+    assert np.array_equal(masks_to_labels(masks, shape), expected)
 
 
 def test_progress_and_cancel(tiny_model, coins):
@@ -234,6 +341,153 @@ def test_small_regions_are_removed(local_twins, coins):
         assert len(islands) == 1 or islands.min() >= 200
         assert holes.size == 0 or holes.min() >= 200
         assert r.area == r.mask.sum()
+
+
+def small_regions_reference(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
+    """The rule on the full mask, plainly (as Meta's `remove_small_regions`): fill the
+    8-connected background regions under min_area, then drop the islands under it,
+    keeping the largest island when all are small."""
+    holes = label(~mask, connectivity=2)
+    sizes = np.bincount(holes.ravel())
+    small = [i for i in range(1, len(sizes)) if sizes[i] < min_area]
+    filled = mask | np.isin(holes, small)
+    islands = label(filled, connectivity=2)
+    sizes = np.bincount(islands.ravel())[1:]
+    if not (sizes < min_area).any():
+        return filled, bool(small)
+    keep = [i + 1 for i, size in enumerate(sizes) if size >= min_area] or [np.argmax(sizes) + 1]
+    return np.isin(islands, keep), True
+
+
+def square(shape, r0, c0, r1, c1) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def small_region_cases():
+    shape = (40, 50)
+    notch_at_box_edge = square(shape, 10, 10, 20, 20)
+    notch_at_box_edge[10:12, 14:16] = False  # open to the outside: not a hole
+    notch_at_image_edge = square(shape, 0, 10, 10, 20)
+    notch_at_image_edge[0:2, 14:16] = False  # closed by the image's edge: a hole
+    corner_notch = square(shape, 0, 0, 10, 10)
+    corner_notch[9, 9] = False  # touches the outside diagonally only
+    hole = square(shape, 5, 5, 15, 15)
+    hole[8:10, 8:10] = False
+    big_hole = square(shape, 5, 5, 20, 20)
+    big_hole[8:13, 8:13] = False
+    islands = square(shape, 5, 5, 15, 15) | square(shape, 30, 40, 32, 42)
+    all_small = square(shape, 5, 5, 7, 7) | square(shape, 30, 40, 33, 42)
+    yield "notch at the box edge", notch_at_box_edge, 12
+    yield "notch at the image edge", notch_at_image_edge, 12
+    yield "corner notch", corner_notch, 12
+    yield "hole", hole, 12
+    yield "big hole kept", big_hole, 12
+    yield "islands", islands, 12
+    yield "all islands small", all_small, 12
+    # The box spans the image's width: above and below it are separate regions, here
+    # the one above (250 px) is small and filled, the one below (450 px) is not.
+    yield "spans the width", square(shape, 5, 0, 31, 50), 300
+    yield "spans the height", square(shape, 0, 4, 40, 41), 200
+    yield "outside small", square(shape, 1, 1, 40, 50), 100  # the whole outside fills
+    yield "empty", np.zeros(shape, bool), 12
+    yield "empty, tiny image", np.zeros((3, 3), bool), 12
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        noise = rng.random((24, 30)) < rng.uniform(0.3, 0.8)
+        r0, c0 = rng.integers(0, 12), rng.integers(0, 15)
+        mask = np.zeros((24, 30), bool)
+        mask[r0 : r0 + rng.integers(3, 20), c0 : c0 + rng.integers(3, 20)] = True
+        yield f"random {i}", mask & noise, int(rng.integers(2, 30))
+
+
+@pytest.mark.parametrize(("case", "mask", "min_area"), list(small_region_cases()))
+def test_small_regions_inside_the_box_equal_the_full_mask(case, mask, min_area):
+    expected, expected_changed = small_regions_reference(mask, min_area)
+    r0, c0, r1, c1 = mask_bbox(mask)
+    inside, origin, changed = remove_small_regions(
+        mask[r0 : r1 + 1, c0 : c1 + 1], (r0, c0), mask.shape, min_area
+    )
+    result = np.zeros(mask.shape, bool)
+    result[origin[0] : origin[0] + inside.shape[0], origin[1] : origin[1] + inside.shape[1]] = (
+        inside
+    )
+    assert np.array_equal(result, expected), case
+    assert changed == expected_changed
+    if expected.any():  # the new box is tight
+        b0, b1, b2, b3 = mask_bbox(expected)
+        assert origin == (b0, b1) and inside.shape == (b2 - b0 + 1, b3 - b1 + 1)
+    if case == "notch at the box edge":
+        assert not expected[10:12, 14:16].any()
+
+
+def test_record_masks_are_the_upscaled_candidates(cells_model):
+    """A record's mask, made inside its box, is the candidate's logits upscaled to the
+    whole image by `Sam.postprocess_masks` and thresholded (as before masks were kept
+    in boxes), in the whole image and in crops of it."""
+    model, image = cells_model, data.immunohistochemistry()[:300, :400]
+    generator = AutomaticMaskGenerator(model, points_per_side=4, crop_n_layers=1, **UNFILTERED)
+    seen = {}
+    make_records = generator._records
+
+    def spy(per_crop, order, shape):
+        seen.update(per_crop=per_crop, order=order)
+        return make_records(per_crop, order, shape)
+
+    generator._records = spy
+    records = generator.generate(image)
+    assert len(records) == len(seen["order"]) >= 100
+    assert {crop for crop, _ in seen["order"]} != {0}  # crops other than the whole image
+    threshold, fractions = model.mask_threshold, []
+    for record, (crop, i) in zip(records, seen["order"], strict=True):
+        (r0, c0, r1, c1), embedding, candidates = seen["per_crop"][crop]
+        low = candidates.logits[i]
+        padded = low.new_zeros(model.prompt_encoder.mask_input_size)
+        padded[: low.shape[0], : low.shape[1]] = low
+        upscaled = model.postprocess_masks(
+            padded[None, None], embedding.input_size, embedding.original_size
+        )[0, 0]
+        logits = np.full(image.shape[:2], -np.inf, np.float32)  # outside the crop: no mask
+        logits[r0:r1, c0:c1] = upscaled.numpy()
+        differ = record.mask != (logits > threshold)
+        # Only pixels within float rounding of the threshold may differ.
+        assert not differ[np.abs(logits - threshold) > 1e-3].any()
+        assert differ.sum() <= 3
+        assert record.area == record.mask.sum() and record.bbox == mask_bbox(record.mask)
+        assert record.bbox_mask.shape == (
+            record.bbox[2] - record.bbox[0] + 1,
+            record.bbox[3] - record.bbox[1] + 1,
+        )
+        fractions.append(record.area / logits.size)
+    assert np.quantile(fractions, 0.25) < 0.002 and max(fractions) > 0.04  # many sizes
+
+
+def held_bytes(record: MaskRecord) -> int:
+    """Bytes of the arrays a record holds."""
+    return sum(v.nbytes for v in vars(record).values() if isinstance(v, np.ndarray))
+
+
+def test_memory_grows_with_the_boxes_not_objects_times_pixels(cells_model):
+    """On a large image with many small objects: records hold their boxes' pixels, and
+    the numpy memory of generate + masks_to_labels is those plus a few bytes per image
+    pixel (the labels), where full-size masks would take a byte per pixel per object."""
+    image = np.tile(data.immunohistochemistry(), (2, 2, 1))  # 1024 x 1024, many nuclei
+    pixels = image.shape[0] * image.shape[1]
+    generator = AutomaticMaskGenerator(cells_model, points_per_side=8, **UNFILTERED)
+    tracemalloc.start()
+    try:
+        records = generator.generate(image)
+        labels = masks_to_labels(records, image.shape[:2])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(records) >= 150
+    boxes = [(r.bbox[2] - r.bbox[0] + 1) * (r.bbox[3] - r.bbox[1] + 1) for r in records]
+    assert [held_bytes(r) for r in records] == boxes
+    assert sum(boxes) < 0.05 * len(records) * pixels  # small objects
+    assert peak < sum(boxes) + 6 * pixels, (peak - sum(boxes)) / pixels  # labels: 4 B/px
+    assert len(np.unique(labels)) > 100
 
 
 @pytest.mark.parametrize(

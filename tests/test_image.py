@@ -38,14 +38,19 @@ def test_bool_maps_to_black_and_white():
 
 
 def test_uint16_is_scaled_by_robust_percentiles():
-    rng = np.random.default_rng(1)
-    image = rng.integers(1000, 3000, (100, 100)).astype(np.uint16)
+    # Values 1..9999 once each, and one hot pixel of 65535 in place of the 0. The 0.5th
+    # and 99.5th percentiles (numpy's linear interpolation over 10000 values) are
+    # 50.995 and 9950.005, so v maps to 255 * (v - 50.995) / 9899.01, rounded.
+    image = np.arange(10000, dtype=np.uint16).reshape(100, 100)
     image[0, 0] = 65535  # one hot pixel must not darken everything else
     out = to_uint8_rgb(image)[..., 0]
-    low, high = np.percentile(image, ROBUST_PERCENTILES)
     assert out[0, 0] == 255
-    assert out.mean() == pytest.approx(255 * (image[1:].mean() - low) / (high - low), abs=3)
-    assert out.min() == 0 and (out == 255).mean() < 0.01
+    assert out[0, 10] == 0  # v = 10, below the low percentile
+    assert out[25, 0] == 63  # v = 2500: 63.09
+    assert out[50, 0] == 127  # v = 5000: 127.49
+    assert out[75, 0] == 192  # v = 7500: 191.89
+    assert out[99, 99] == 255  # v = 9999, above the high percentile
+    assert ROBUST_PERCENTILES == (0.5, 99.5)  # the documented rule
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,10 @@ weights and parameters, computed with less work:
 - areas, stability scores and boxes at the image's resolution are computed exactly from
   the 256 x 256 decoder logits (`napari_sam.mask_ops.logit_statistics`), upscaling only
   the candidates whose logits are too irregular for that to pay off;
-- only the masks that survive every filter are upscaled, once.
+- only the masks that survive every filter are upscaled, once, and only inside their
+  boxes: a record keeps its mask inside its box (`MaskRecord.bbox_mask`), so memory
+  grows with the objects' boxes, never with objects x image pixels; the full-size
+  `MaskRecord.mask` is made when asked for, and `masks_to_labels` paints box by box.
 
 Coordinates follow the package: points are (row, col); a record's `bbox` is (min_row,
 min_col, max_row, max_col) of its first and last pixels, inclusive (so it can be given
@@ -23,20 +26,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .image import to_uint8_rgb
-from .mask_ops import Resampling, logit_statistics, masks_to_boxes, nms
+from .mask_ops import (
+    Resampling,
+    crop_to_box,
+    logit_statistics,
+    nms,
+    remove_small_regions,
+    upscaled_statistics,
+)
 from .model import Sam
 from .predictor import ImageEmbedding, SamPredictor
 
 # A candidate whose logits straddle a threshold in more than this fraction of the
 # blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
 _SPARSE_LIMIT = 0.1
-_CHUNK = 16  # candidates upscaled at a time (bounds memory at any image size)
+_CHUNK = 16  # candidates whose low-res logits are examined at a time
 
 
 class GenerationCancelled(Exception):
@@ -45,15 +55,59 @@ class GenerationCancelled(Exception):
 
 @dataclass(frozen=True)
 class MaskRecord:
-    """One automatically found object."""
+    """One automatically found object, its mask kept inside its box.
 
-    mask: np.ndarray  # (H, W) bool
-    area: int  # pixels in mask
+    `bbox_mask` is the mask at rows bbox[0]..bbox[2] and columns bbox[1]..bbox[3] of an
+    image of `image_shape`, and the mask is empty elsewhere; `mask` gives the full
+    (H, W) array (a new one on each access). An empty mask has bbox (0, 0, 0, 0) and a
+    (1, 1) False `bbox_mask`. `MaskRecord.from_mask` makes a record of a full mask.
+    Raises ValueError when `bbox_mask` does not fit `bbox` or `bbox` the image.
+    """
+
+    bbox_mask: np.ndarray  # (max_row - min_row + 1, max_col - min_col + 1) bool
+    area: int  # pixels in the mask
     bbox: tuple[int, int, int, int]  # (min_row, min_col, max_row, max_col), inclusive
     predicted_iou: float
     stability_score: float
     point: tuple[float, float]  # (row, col) of the grid point that produced it
     crop_box: tuple[int, int, int, int]  # (min_row, min_col, max_row, max_col), exclusive
+    image_shape: tuple[int, int]  # (H, W) of the image
+
+    def __post_init__(self) -> None:
+        r0, c0, r1, c1 = self.bbox
+        height, width = self.image_shape
+        if self.bbox_mask.shape != (r1 - r0 + 1, c1 - c0 + 1) or not (
+            0 <= r0 <= r1 < height and 0 <= c0 <= c1 < width
+        ):
+            raise ValueError(
+                f"A mask of shape {self.bbox_mask.shape} with bbox {self.bbox} does not fit "
+                f"an image of shape {self.image_shape}: bbox_mask is the mask inside bbox; "
+                "use MaskRecord.from_mask for a full-size mask."
+            )
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, made on each access."""
+        full = np.zeros(self.image_shape, dtype=bool)
+        r0, c0, r1, c1 = self.bbox
+        full[r0 : r1 + 1, c0 : c1 + 1] = self.bbox_mask
+        return full
+
+    @classmethod
+    def from_mask(
+        cls,
+        mask: np.ndarray,
+        predicted_iou: float = 1.0,
+        stability_score: float = 1.0,
+        point: tuple[float, float] = (0.0, 0.0),
+        crop_box: tuple[int, int, int, int] | None = None,
+    ) -> MaskRecord:
+        """The record of a full (H, W) bool mask; crop_box defaults to the whole image."""
+        mask = np.asarray(mask, dtype=bool)
+        inside, origin = crop_to_box(mask)
+        crop_box = (0, 0, *mask.shape) if crop_box is None else crop_box
+        return cls(inside, int(inside.sum()), _box(inside, origin), predicted_iou,
+                   stability_score, point, crop_box, mask.shape)  # fmt: skip
 
 
 @dataclass
@@ -342,7 +396,7 @@ class AutomaticMaskGenerator:
 
         resampling = self._resampling(embedding)
         threshold, offset = self.model.mask_threshold, self.stability_score_offset
-        counts, boxes = self._statistics(low, resampling, embedding, threshold, offset)
+        counts, boxes = self._statistics(low, resampling, threshold, offset)
         stability = counts[:, 2].double() / counts[:, 0].double()
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.stability_score_thresh > 0:
@@ -363,32 +417,23 @@ class AutomaticMaskGenerator:
         self,
         low: torch.Tensor,
         resampling: Resampling,
-        embedding: ImageEmbedding,
         threshold: float,
         offset: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel counts above (threshold - offset, threshold, threshold + offset) and
         boxes of the masks, at the crop's resolution: exact, via block bounds where the
-        logits are regular, via upscaling where they are not."""
+        logits are regular, via upscaling in pieces bounded by pixels where they are not."""
         levels = (threshold - offset, threshold, threshold + offset)
         counts = torch.zeros(len(low), 3, dtype=torch.int64, device=low.device)
         boxes = torch.zeros(len(low), 4, dtype=torch.int64, device=low.device)
         for start in range(0, len(low), _CHUNK):
             part = low[start : start + _CHUNK]
             regular = self._regular(part, resampling, levels)
-            if regular.any():
-                c, b = logit_statistics(part[regular], resampling, levels, threshold)
-                index = torch.nonzero(regular)[:, 0] + start
-                counts[index], boxes[index] = c, b
-            if not regular.all():
-                index = torch.nonzero(~regular)[:, 0] + start
-                logits = self.model.postprocess_masks(
-                    low[index][:, None], embedding.input_size, embedding.original_size
-                )[:, 0]
-                counts[index] = torch.stack(
-                    [torch.count_nonzero(logits > t, dim=(1, 2)) for t in levels], dim=1
-                )
-                boxes[index] = masks_to_boxes(logits > threshold)
+            for method, chosen in ((logit_statistics, regular), (upscaled_statistics, ~regular)):
+                if chosen.any():
+                    index = torch.nonzero(chosen)[:, 0] + start
+                    counts[index], boxes[index] = method(part[chosen], resampling, levels,
+                                                         threshold)  # fmt: skip
         return counts, boxes
 
     @staticmethod
@@ -405,69 +450,51 @@ class AutomaticMaskGenerator:
         return crossings < _SPARSE_LIMIT * part.shape[1] * part.shape[2]
 
     def _records(self, per_crop, order, shape) -> list[MaskRecord]:
+        """Each kept candidate upscaled inside its box (grown by a pixel, against float
+        rounding at the box's edge), never at full size."""
         records = []
-        by_crop: dict[int, list[int]] = {}
         for crop_index, i in order:
-            by_crop.setdefault(crop_index, []).append(i)
-        masks: dict[tuple[int, int], np.ndarray] = {}
-        for crop_index, indices in by_crop.items():
             box, embedding, candidates = per_crop[crop_index]
-            full_low = self.model.prompt_encoder.mask_input_size
-            for start in range(0, len(indices), _CHUNK):
-                chosen = torch.tensor(indices[start : start + _CHUNK])
-                logits = candidates.logits[chosen.to(candidates.logits.device)]
-                padded = logits.new_zeros(len(logits), *full_low)
-                padded[:, : logits.shape[1], : logits.shape[2]] = logits
-                upscaled = self.model.postprocess_masks(
-                    padded[:, None], embedding.input_size, embedding.original_size
-                )[:, 0]
-                crop_masks = (upscaled > self.model.mask_threshold).cpu().numpy()
-                for i, crop_mask in zip(chosen.tolist(), crop_masks, strict=True):
-                    mask = np.zeros(shape, dtype=bool)
-                    mask[box[0] : box[2], box[1] : box[3]] = crop_mask
-                    masks[crop_index, i] = mask
-        for crop_index, i in order:
-            box, _, candidates = per_crop[crop_index]
-            mask = masks[crop_index, i]
+            resampling = self._resampling(embedding)
+            height, width = resampling.shape
+            r0, c0, r1, c1 = (candidates.boxes[i].cpu() - torch.tensor(box[:2]).repeat(2)).tolist()
+            window = (max(r0 - 1, 0), max(c0 - 1, 0), min(r1 + 2, height), min(c1 + 2, width))
+            logits = resampling.upscale(candidates.logits[i][None], window)[0]
+            inside, (top, left) = crop_to_box((logits > self.model.mask_threshold).cpu().numpy())
+            area = int(inside.sum())
+            origin = (box[0] + window[0] + top, box[1] + window[1] + left) if area else (0, 0)
             records.append(
                 MaskRecord(
-                    mask=mask,
-                    area=int(mask.sum()),
-                    bbox=_bbox(mask),
+                    bbox_mask=inside,
+                    area=area,
+                    bbox=_box(inside, origin),
                     predicted_iou=float(candidates.iou[i]),
                     stability_score=float(candidates.stability[i]),
                     point=tuple(float(v) for v in candidates.points[i].tolist()),
                     crop_box=tuple(int(v) for v in box),
+                    image_shape=tuple(shape),
                 )
             )
         return records
 
     def _remove_small_regions(self, records: list[MaskRecord]) -> list[MaskRecord]:
-        """Fill small holes, drop small islands, then NMS again preferring unchanged masks."""
+        """Fill small holes, drop small islands, then NMS again preferring unchanged
+        masks; each mask is cleaned inside its box."""
         if not records:
             return records
-        cleaned, unchanged = [], []
-        for record in records:
-            mask, filled = _fill_small(record.mask, self.min_mask_region_area, holes=True)
-            mask, dropped = _fill_small(mask, self.min_mask_region_area, holes=False)
-            cleaned.append(mask)
-            unchanged.append(not (filled or dropped))
-        boxes = torch.tensor([_bbox(m) for m in cleaned], dtype=torch.float32)
-        threshold = max(self.box_nms_thresh, self.crop_nms_thresh)
-        keep = nms(boxes, torch.tensor(unchanged, dtype=torch.float32), threshold)
+        cleaned = [
+            remove_small_regions(r.bbox_mask, r.bbox[:2], r.image_shape, self.min_mask_region_area)
+            for r in records
+        ]
+        boxes = torch.tensor([_box(m, o) for m, o, _ in cleaned], dtype=torch.float32)
+        unchanged = torch.tensor([not changed for _, _, changed in cleaned], dtype=torch.float32)
+        keep = nms(boxes, unchanged, max(self.box_nms_thresh, self.crop_nms_thresh))
         result = []
         for k in keep.tolist():
-            record, mask = records[k], cleaned[k]
-            if not unchanged[k]:
-                record = MaskRecord(
-                    mask,
-                    int(mask.sum()),
-                    _bbox(mask),
-                    record.predicted_iou,
-                    record.stability_score,
-                    record.point,
-                    record.crop_box,
-                )
+            record, (inside, origin, changed) = records[k], cleaned[k]
+            if changed:
+                bbox = _box(inside, origin)
+                record = replace(record, bbox_mask=inside, area=int(inside.sum()), bbox=bbox)
             result.append(record)
         return result
 
@@ -477,21 +504,34 @@ def masks_to_labels(
 ) -> np.ndarray:
     """A label image (int32, 0 = background) without overlaps: record i gets label i + 1.
 
+    records: `MaskRecord`s (painted from their masks inside their boxes, so no full-size
+    mask is made) or (H, W) bool masks; shape: (H, W). Raises ValueError when a mask
+    does not fit `shape`.
+
     Where masks overlap, the smaller mask is drawn over the larger one, so objects inside
     others (a nucleus in a cell) stay visible; among masks of equal area, the later one
     wins. A mask wholly covered by smaller ones does not appear.
     """
     labels = np.zeros(tuple(shape), dtype=np.int32)
-    masks = [np.asarray(getattr(r, "mask", r), dtype=bool) for r in records]
-    for mask in masks:
-        if mask.shape != labels.shape:
+    pieces = []  # (mask inside its box, the box as slices)
+    for item in records:
+        if isinstance(item, MaskRecord):
+            mask, full_shape = item.bbox_mask, tuple(item.image_shape)
+            r0, c0, r1, c1 = item.bbox
+            where = (slice(r0, r1 + 1), slice(c0, c1 + 1))
+        else:
+            mask = np.asarray(item, dtype=bool)
+            full_shape, where = mask.shape, (slice(None), slice(None))
+        if full_shape != labels.shape:
             raise ValueError(
-                f"A mask of shape {mask.shape} does not fit labels of shape {labels.shape}."
+                f"A mask of shape {full_shape} does not fit labels of shape {labels.shape}."
             )
-    areas = np.array([m.sum() for m in masks])
+        pieces.append((mask, where))
+    areas = np.array([np.count_nonzero(mask) for mask, _ in pieces])
     # Largest first (stable, so equal areas keep their order and the later one wins).
     for index in np.argsort(-areas, kind="stable"):
-        labels[masks[index]] = index + 1
+        mask, where = pieces[index]
+        labels[where][mask] = index + 1
     return labels
 
 
@@ -508,31 +548,9 @@ def _near_crop_edge(
     return (near_crop & ~near_image).any(1)
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        return (0, 0, 0, 0)
-    return (int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1]))
-
-
-def _fill_small(mask: np.ndarray, min_area: int, holes: bool) -> tuple[np.ndarray, bool]:
-    """Fill 8-connected holes (or drop islands) smaller than min_area; keep the largest
-    island if all are small. Returns the mask and whether it changed."""
-    from skimage.measure import label
-
-    regions, count = label(~mask if holes else mask, connectivity=2, return_num=True)
-    if count == 0:
-        return mask, False
-    sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-    small = np.flatnonzero(sizes < min_area) + 1
-    if len(small) == 0:
-        return mask, False
-    if holes:
-        return mask | np.isin(regions, small), True
-    big = np.flatnonzero(sizes >= min_area) + 1
-    if len(big) == 0:
-        big = np.array([np.argmax(sizes) + 1])
-    return np.isin(regions, big), True
+def _box(inside: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Inclusive box of a mask inside its box, at `origin` (min_row, min_col)."""
+    return (origin[0], origin[1], origin[0] + inside.shape[0] - 1, origin[1] + inside.shape[1] - 1)
 
 
 def _require_int(name: str, value, minimum: int) -> None:
