@@ -156,11 +156,13 @@ def smooth_logits(count: int, seed: int = 0) -> torch.Tensor:
 
 
 def postprocess(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
-    """`Sam.postprocess_masks` for a 256 px model with 64 x 64 low-res logits."""
-    full = F.interpolate(low[:, None], (256, 256), mode="bilinear", align_corners=False)
-    full = full[..., : input_size[0], : input_size[1]]
-    if input_size != original_size:
-        full = F.interpolate(full, original_size, mode="bilinear", align_corners=False)
+    """Meta's `Sam.postprocess_masks` for a 256 px model (the reference, not ours)."""
+    import types
+
+    meta = types.SimpleNamespace(image_encoder=types.SimpleNamespace(img_size=256))
+    full = segment_anything.modeling.Sam.postprocess_masks(
+        meta, low[:, None], tuple(input_size), tuple(original_size)
+    )
     return full[:, 0]
 
 

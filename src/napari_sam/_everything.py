@@ -27,21 +27,6 @@ from .view import ViewSpec
 if TYPE_CHECKING:
     from ._widget import SamWidget
 
-# Defaults for microscopy: Meta's thresholds (0.88 / 0.95) drop many faint or textured
-# cells; slightly lower ones keep them, and specks below 16 px are removed.
-MICROSCOPY_DEFAULTS = {
-    "points_per_side": 32,
-    "pred_iou_thresh": 0.8,
-    "stability_score_thresh": 0.9,
-    "box_nms_thresh": 0.7,
-    "min_mask_region_area": 16,
-}
-
-
-class _Cancelled(Exception):
-    pass
-
-
 class SegmentEverythingPanel(QWidget):
     """Button, "every slice" option and the filters, shown on "advanced settings"."""
 
@@ -69,6 +54,8 @@ class SegmentEverythingPanel(QWidget):
         self.advanced = QWidget()
         form = QFormLayout(self.advanced)
         form.setContentsMargins(0, 0, 0, 0)
+        from .automatic import MICROSCOPY_DEFAULTS
+
         self.points_spin = QSpinBox(minimum=1, maximum=128)
         self.points_spin.setValue(MICROSCOPY_DEFAULTS["points_per_side"])
         self.iou_spin = self._fraction(MICROSCOPY_DEFAULTS["pred_iou_thresh"])

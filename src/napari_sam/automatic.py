@@ -49,6 +49,18 @@ _SPARSE_LIMIT = 0.1
 _CHUNK = 16  # candidates whose low-res logits are examined at a time
 
 
+# The widget's defaults, for microscopy: Meta's thresholds (0.88 / 0.95, the class's
+# defaults, kept for parity with SamAutomaticMaskGenerator) drop many faint or textured
+# cells; slightly lower ones keep them, and specks below 16 px are removed.
+MICROSCOPY_DEFAULTS = {
+    "points_per_side": 32,
+    "pred_iou_thresh": 0.8,
+    "stability_score_thresh": 0.9,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 16,
+}
+
+
 class GenerationCancelled(Exception):
     """Raised by `AutomaticMaskGenerator.generate` when its `cancelled()` returned True."""
 
@@ -569,6 +581,7 @@ def _require_range(
 
 
 __all__ = [
+    "MICROSCOPY_DEFAULTS",
     "AutomaticMaskGenerator",
     "GenerationCancelled",
     "MaskRecord",
