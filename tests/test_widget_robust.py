@@ -227,6 +227,34 @@ def test_widget_from_the_plugins_menu_loads_its_model_and_answers_the_first_clic
     assert widget.model is not None
 
 
+def test_a_model_set_by_script_is_not_orphaned_by_the_default_load(viewer, monkeypatch):
+    # Bug (CI, README script): napari's activity dock can process events while a progress
+    # bar is made; the deferred default load then started inside set_model's load, which
+    # returned with no model and "There are no candidates" followed.
+    import napari.utils
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam import zoo
+    from napari_sam._widget import SamWidget
+
+    real = napari.utils.cancelable_progress
+
+    def progress_processing_events(*args, **kwargs):
+        QApplication.processEvents()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(napari.utils, "cancelable_progress", progress_processing_events)
+    loads = []
+    real_load = zoo.load_model
+    monkeypatch.setattr(zoo, "load_model", lambda name, **kw: loads.append(name) or real_load(name, **kw))
+    viewer.add_image(coins(), name="coins")
+    widget = SamWidget(viewer)  # its default load is still pending
+    model = widget.set_model("tiny_cells", wait=True)
+    assert model is not None and widget.model is model
+    widget.wait(timeout=60)
+    assert widget.model is model and loads == ["tiny_cells"]  # one request, one load
+
+
 def test_lazy_image_planes_are_read_in_the_worker_and_remembered(viewer, qtbot):
     from test_widget_everything import SlowPlanes
 

@@ -216,6 +216,7 @@ class SamWidget(QWidget):
         self._load_progress = None
         self._load_cancelled = False
         self._load_generation = 0  # a newer set_model supersedes the loads before it
+        self._model_requested = False  # a model asked for wins over the deferred default
         self._load_error: Exception | None = None
         self._bound_keys: list[str] = []
         self._owned: set[int] = set()
@@ -734,6 +735,7 @@ class SamWidget(QWidget):
         Names and paths load in a worker thread (downloading when needed, with progress in
         the activity dock); `wait=True` returns once it is loaded.
         """
+        self._model_requested = True
         if device is None:
             device = self.device_combo.currentText() or "auto"
         from .model import Sam
@@ -767,7 +769,7 @@ class SamWidget(QWidget):
     def _load_default_model(self) -> None:
         """Opened from the Plugins menu: load the model the combo shows, so that the first
         click works without pressing Load."""
-        if self._closed or self._model is not None or self._load_worker is not None:
+        if self._closed or self._model_requested:
             return
         choice = self.model_combo.currentData()
         if choice and choice != LOCAL_FILE:
