@@ -246,7 +246,12 @@ def test_a_model_set_by_script_is_not_orphaned_by_the_default_load(viewer, monke
     monkeypatch.setattr(napari.utils, "cancelable_progress", progress_processing_events)
     loads = []
     real_load = zoo.load_model
-    monkeypatch.setattr(zoo, "load_model", lambda name, **kw: loads.append(name) or real_load(name, **kw))
+
+    def counted_load(name, **kwargs):
+        loads.append(name)
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(zoo, "load_model", counted_load)
     viewer.add_image(coins(), name="coins")
     widget = SamWidget(viewer)  # its default load is still pending
     model = widget.set_model("tiny_cells", wait=True)
