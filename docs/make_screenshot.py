@@ -12,7 +12,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_sam._demo import open_demo
+from napari_sam._qt.demo import open_demo
 from napari_sam._sample_data import IHC_NUCLEI
 
 parser = argparse.ArgumentParser()

@@ -16,7 +16,7 @@ from skimage.measure import label
 from napari_sam import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from napari_sam.automatic import GenerationCancelled, crop_boxes
 from napari_sam.image import to_uint8_rgb
-from napari_sam.mask_ops import (
+from napari_sam.automatic.mask_ops import (
     Resampling,
     logit_statistics,
     mask_bbox,

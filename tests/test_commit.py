@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from napari_sam.commit import (
+from napari_sam.interactive.commit import (
     CommitError,
     mask_to_labels_indices,
     plan_commit,
     unwritable_reason,
     view_to_labels,
 )
-from napari_sam.prompts import affine_matrix
+from napari_sam.interactive.prompts import affine_matrix
 from napari_sam.view import ViewSpec
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_sam.prompts import (
+from napari_sam.interactive.prompts import (
     affine_matrix,
     boxes_to_view,
     points_to_view,

@@ -7,7 +7,7 @@ what these tests check: the flow from a click to a committed label.
 import numpy as np
 import pytest
 
-from napari_sam._widget import KEYS, POINTS_NAME, PREVIEW_NAME
+from napari_sam._qt.sam_widget import KEYS, POINTS_NAME, PREVIEW_NAME
 from widget_helpers import add_point, coins, disc_model, open_widget
 
 

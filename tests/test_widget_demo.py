@@ -4,7 +4,7 @@ import textwrap
 
 import numpy as np
 
-from napari_sam._demo import INSTALL_GUI, open_demo
+from napari_sam._qt.demo import INSTALL_GUI, open_demo
 from napari_sam._sample_data import IHC_NUCLEI, sample_cell, sample_nuclei, sample_stack
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from qtpy.QtCore import Qt
 
-from napari_sam._finetune_widget import ALL_SLICES, FULL, MAIN_WIDGET_MODEL, main_widgets
+from napari_sam._qt.finetune_widget import ALL_SLICES, FULL, MAIN_WIDGET_MODEL, main_widgets
 from napari_sam.training import finetuning
 from napari_sam.training.finetuning import finetuned_models, save_finetuned
 from napari_sam.zoo import load_model
@@ -187,7 +187,7 @@ def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
     """A run that only makes the model worse (far too high a learning rate) keeps the
     starting weights, says so in the status and a warning notification, and shows the
     held-out IoU in the status as training goes."""
-    from napari_sam import _finetune_widget
+    from napari_sam._qt import finetune_widget as _finetune_widget
     from napari_sam.training.synthetic import generate
 
     sample = generate(np.random.default_rng(0), (128, 128))

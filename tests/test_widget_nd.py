@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_sam._sample_data import blobs_stack
-from napari_sam._widget import POINTS_NAME, PREVIEW_NAME
+from napari_sam._qt.sam_widget import POINTS_NAME, PREVIEW_NAME
 from widget_helpers import add_point, coins, disc_model, open_widget
 
 

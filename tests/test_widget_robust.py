@@ -4,7 +4,7 @@ layers that cannot be written, scripting errors, polarity by mouse, a cache of s
 import numpy as np
 import pytest
 
-from napari_sam._widget import PREVIEW_NAME
+from napari_sam._qt.sam_widget import PREVIEW_NAME
 from widget_helpers import add_point, coins, disc_model, open_widget
 
 
@@ -235,7 +235,7 @@ def test_a_model_set_by_script_is_not_orphaned_by_the_default_load(viewer, monke
     from qtpy.QtWidgets import QApplication
 
     from napari_sam import zoo
-    from napari_sam._widget import SamWidget
+    from napari_sam._qt.sam_widget import SamWidget
 
     real = napari.utils.cancelable_progress
 

@@ -22,9 +22,11 @@ _LAZY = {
     "build_sam": "napari_sam.model",
     "load_model": "napari_sam.zoo",
     "available_devices": "napari_sam.zoo",
+    "AnnotationSession": "napari_sam.interactive",
 }
 
 __all__ = [
+    "AnnotationSession",
     "AutomaticMaskGenerator",
     "ImageEmbedding",
     "MaskRecord",
@@ -40,6 +42,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
+    from .interactive import AnnotationSession
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor
     from .zoo import available_devices, load_model

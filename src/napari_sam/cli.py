@@ -266,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tune.set_defaults(run=_finetune)
-    # Listed here for help; its own arguments are parsed by napari_sam._demo.
+    # Listed here for help; its own arguments are parsed by napari_sam._qt.demo.
     commands.add_parser(
         "demo", help="open napari with a sample image and the widget (demo -h for options)"
     )
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `napari-sam` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        from ._demo import main as demo_main  # imports napari only when asked for
+        from ._qt.demo import main as demo_main  # imports napari only when asked for
 
         return demo_main(argv[1:])
     args = _parser().parse_args(argv)

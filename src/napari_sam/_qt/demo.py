@@ -19,14 +19,14 @@ def open_demo(viewer, model: str | None = None, stack: bool = False):
     """Add the sample data and the docked widget to `viewer`; returns the widget."""
     from qtpy.QtWidgets import QApplication
 
-    from ._sample_data import sample_nuclei, sample_stack
+    from .._sample_data import sample_nuclei, sample_stack
 
     for data, kwargs, _ in sample_stack() if stack else sample_nuclei():
         viewer.add_image(data, **kwargs)
     _dock, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
     QApplication.processEvents()  # the dock takes its width from the canvas...
     viewer.reset_view()  # ...so fit the image to what is left
-    from .zoo import default_model
+    from ..zoo import default_model
 
     widget.set_model(model or default_model(), wait=True)
     widget.compute_embedding(wait=False)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .view import ViewSpec
+from ..view import ViewSpec
 
 __all__ = [
     "POLARITY",

@@ -22,10 +22,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .view import ViewSpec
+from ..view import ViewSpec
 
 if TYPE_CHECKING:
-    from ._widget import SamWidget
+    from .sam_widget import SamWidget
 
 class SegmentEverythingPanel(QWidget):
     """Button, "every slice" option and the filters, shown on "advanced settings"."""
@@ -54,7 +54,7 @@ class SegmentEverythingPanel(QWidget):
         self.advanced = QWidget()
         form = QFormLayout(self.advanced)
         form.setContentsMargins(0, 0, 0, 0)
-        from .automatic import MICROSCOPY_DEFAULTS
+        from ..automatic import MICROSCOPY_DEFAULTS
 
         self.points_spin = QSpinBox(minimum=1, maximum=128)
         self.points_spin.setValue(MICROSCOPY_DEFAULTS["points_per_side"])
@@ -119,7 +119,7 @@ class SegmentEverythingPanel(QWidget):
     def run(self, wait: bool = False):
         """Segment the view on screen (or every slice) into a new Labels layer; returns
         that layer when `wait` (None if there was nothing to do or it was cancelled)."""
-        from ._messages import UserError as _UserError
+        from .._messages import UserError as _UserError
 
         try:
             self._start()
@@ -135,7 +135,7 @@ class SegmentEverythingPanel(QWidget):
         from napari.utils import cancelable_progress
 
         from ._workers import start_worker
-        from .automatic import AutomaticMaskGenerator
+        from ..automatic import AutomaticMaskGenerator
 
         if self._worker is not None:
             return
@@ -160,10 +160,10 @@ class SegmentEverythingPanel(QWidget):
             return progress.is_canceled
 
         def work():
-            from .automatic import GenerationCancelled, masks_to_labels
-            from .embeddings import fingerprint
-            from .predictor import embed_image
-            from .view import mask_indices
+            from ..automatic import GenerationCancelled, masks_to_labels
+            from ..embeddings import fingerprint
+            from ..predictor import embed_image
+            from ..view import mask_indices
 
             next_id = 1
             for done, view in enumerate(views, start=1):
@@ -205,7 +205,7 @@ class SegmentEverythingPanel(QWidget):
     def _new_result_layer(self, image_layer):
         from napari.layers import Labels
 
-        from ._widget import _transform_kwargs
+        from .sam_widget import _transform_kwargs
 
         shape = self.sam._spatial_shape(image_layer)
         layer = Labels(np.zeros(shape, np.int32), name=f"{image_layer.name} everything",
@@ -225,7 +225,7 @@ class SegmentEverythingPanel(QWidget):
         self.sam._user_error(error)
 
     def _finish(self, layer, count: int | None) -> None:
-        from ._messages import notify as _notify
+        from .._messages import notify as _notify
 
         if count is None:
             self._discard(layer)

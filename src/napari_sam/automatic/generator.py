@@ -9,7 +9,7 @@ weights and parameters, computed with less work:
 
 - the predicted-IoU filter runs before anything is upscaled;
 - areas, stability scores and boxes at the image's resolution are computed exactly from
-  the 256 x 256 decoder logits (`napari_sam.mask_ops.logit_statistics`), upscaling only
+  the 256 x 256 decoder logits (`napari_sam.automatic.mask_ops.logit_statistics`), upscaling only
   the candidates whose logits are too irregular for that to pay off;
 - only the masks that survive every filter are upscaled, once, and only inside their
   boxes: a record keeps its mask inside its box (`MaskRecord.bbox_mask`), so memory
@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .image import to_uint8_rgb
+from ..image import to_uint8_rgb
 from .mask_ops import (
     Resampling,
     crop_to_box,
@@ -40,8 +40,8 @@ from .mask_ops import (
     remove_small_regions,
     upscaled_statistics,
 )
-from .model import Sam
-from .predictor import ImageEmbedding, SamPredictor
+from ..model import Sam
+from ..predictor import ImageEmbedding, SamPredictor
 
 # A candidate whose logits straddle a threshold in more than this fraction of the
 # blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .prompts import to_image_data
-from .view import ViewSpec
+from ..view import ViewSpec
 
 __all__ = [
     "CommitError",

@@ -34,21 +34,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._llvm_guard import hide_triton_if_llvm_is_loaded
-from ._messages import UserError as _UserError
-from ._messages import notify as _notify
+from .._llvm_guard import hide_triton_if_llvm_is_loaded
+from .._messages import UserError as _UserError
+from .._messages import notify as _notify
 from ._workers import cleanup_at_exit, start_worker
-from .commit import CommitError, plan_commit, unwritable_reason, view_to_labels
-from .embeddings import EmbeddingCache, fingerprint
-from .interactive import (
+from ..interactive.commit import CommitError, plan_commit, unwritable_reason, view_to_labels
+from ..embeddings import EmbeddingCache, fingerprint
+from ..interactive import (
     Candidate,
     PromptSet,
     best_index,
     prompts_grew,
     rank_candidates,
 )
-from .prompts import POLARITY, boxes_to_view, points_to_view
-from .view import ViewSpec, extract_view
+from ..interactive.prompts import POLARITY, boxes_to_view, points_to_view
+from ..view import ViewSpec, extract_view
 
 if TYPE_CHECKING:
     import napari
@@ -150,8 +150,8 @@ def model_choices(marked: bool) -> list[tuple[str, str]]:
     """(label, data) of every model a widget offers: the zoo's names (`marked`: with
     "(bundled)" or "(cached)" where no download is needed), fine-tuned checkpoints
     (data: their path), then "local file..."."""
-    from .training.finetuning import finetuned_models
-    from .zoo import is_downloaded, registry
+    from ..training.finetuning import finetuned_models
+    from ..zoo import is_downloaded, registry
 
     choices = []
     for name, entry in registry().items():
@@ -163,7 +163,7 @@ def model_choices(marked: bool) -> list[tuple[str, str]]:
 
 def device_choices() -> list[str]:
     """ "auto" and the devices this machine has."""
-    from .zoo import available_devices
+    from ..zoo import available_devices
 
     return ["auto", *available_devices()]
 
@@ -356,7 +356,7 @@ class SamWidget(QWidget):
         commit_row.addWidget(self.clear_button)
         layout.addLayout(commit_row)
 
-        from ._everything import SegmentEverythingPanel
+        from .everything_panel import SegmentEverythingPanel
 
         self.everything = SegmentEverythingPanel(self)
         layout.addWidget(self.everything)
@@ -372,7 +372,7 @@ class SamWidget(QWidget):
         layout.addStretch(1)
 
     def _fill_model_choices(self) -> None:
-        from .zoo import default_model
+        from ..zoo import default_model
 
         self.model_combo.clear()
         for label, data in model_choices(marked=True):
@@ -738,7 +738,7 @@ class SamWidget(QWidget):
         self._model_requested = True
         if device is None:
             device = self.device_combo.currentText() or "auto"
-        from .model import Sam
+        from ..model import Sam
 
         if isinstance(model, Sam):
             self._supersede_load()
@@ -754,7 +754,7 @@ class SamWidget(QWidget):
         return self._model
 
     def _use_model(self, model, name: str) -> None:
-        from .predictor import SamPredictor
+        from ..predictor import SamPredictor
 
         self._cancel_encoding()
         self._model = model.eval()
@@ -819,7 +819,7 @@ class SamWidget(QWidget):
             relay.download.emit(int(done), int(total or 0))
 
         def load():
-            from .zoo import load_model
+            from ..zoo import load_model
 
             return load_model(name, device=device, dtype=dtype, progress=progress)
 
@@ -1019,7 +1019,7 @@ class SamWidget(QWidget):
             relay.encoded_blocks.emit(done)
 
         def work():
-            from .predictor import embed_image
+            from ..predictor import embed_image
 
             pixels, found_key = image, key
             if pixels is None:

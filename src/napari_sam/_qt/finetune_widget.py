@@ -38,16 +38,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._llvm_guard import hide_triton_if_llvm_is_loaded
-from ._messages import UserError as _UserError
-from ._messages import notify as _notify
-from ._widget import LOCAL_FILE, PREVIEW_NAME, device_choices, model_choices
+from .._llvm_guard import hide_triton_if_llvm_is_loaded
+from .._messages import UserError as _UserError
+from .._messages import notify as _notify
+from .sam_widget import LOCAL_FILE, PREVIEW_NAME, device_choices, model_choices
 from ._workers import cleanup_at_exit, start_worker
 
 if TYPE_CHECKING:
     import napari
 
-    from .training.finetuning import FinetuneResult
+    from ..training.finetuning import FinetuneResult
 
 MAIN_WIDGET_MODEL = "(model in the Segment Anything widget)"
 CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
@@ -80,7 +80,7 @@ class _Relay(QObject):
 
 def main_widgets(viewer) -> list:
     """The open "Segment Anything" widgets of `viewer`."""
-    from ._widget import SamWidget
+    from .sam_widget import SamWidget
 
     try:
         docked = list(viewer.window.dock_widgets.values())
@@ -259,7 +259,7 @@ class FinetuneWidget(QWidget):
         return self.viewer.layers[image_name], self.viewer.layers[labels_name]
 
     def _pair(self, image, labels, all_slices: bool) -> LayerPair:
-        from .training.data import check_labels
+        from ..training.data import check_labels
 
         try:  # before anything else: colour-coded labels also differ in ndim
             check_labels(labels.data, ndim=None, name=f"The Labels layer {labels.name!r}")
@@ -315,8 +315,8 @@ class FinetuneWidget(QWidget):
     def training_data(self) -> list:
         """The 2D examples of all pairs (copies, so that painting during training does
         not change them); the layers chosen above when no pair was added."""
-        from .training.data import LabelledImage
-        from .training.finetuning import labelled_slices
+        from ..training.data import LabelledImage
+        from ..training.finetuning import labelled_slices
 
         pairs = self.pairs or [self._pair(*self._chosen_layers(), self._all_slices())]
         items = []
@@ -372,7 +372,7 @@ class FinetuneWidget(QWidget):
         device = self.device_combo.currentText()
 
         def load():
-            from .zoo import load_model
+            from ..zoo import load_model
 
             return load_model(
                 choice, device=device, dtype="float32" if full else "auto", progress=False
@@ -384,7 +384,7 @@ class FinetuneWidget(QWidget):
         text = self.out_edit.text().strip()
         if text:
             return Path(text).expanduser()
-        from .zoo import cache_dir
+        from ..zoo import cache_dir
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = cache_dir() / "finetuned" / f"{Path(base).stem}-finetuned-{stamp}.pt"
@@ -413,7 +413,7 @@ class FinetuneWidget(QWidget):
     def _launch(self, items, load, base: str) -> None:
         from napari.utils import cancelable_progress
 
-        from .training.finetuning import finetune
+        from ..training.finetuning import finetune
 
         steps = self.steps_spin.value()
         decoder_only = self.mode_combo.currentText() != FULL
