@@ -15,7 +15,6 @@ from skimage.measure import label
 
 from napari_sam import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from napari_sam.automatic import GenerationCancelled, crop_boxes
-from napari_sam.image import to_uint8_rgb
 from napari_sam.automatic.mask_ops import (
     Resampling,
     logit_statistics,
@@ -25,6 +24,7 @@ from napari_sam.automatic.mask_ops import (
     remove_small_regions,
     upscaled_statistics,
 )
+from napari_sam.image import to_uint8_rgb
 from reference import TINY, twin_models
 
 

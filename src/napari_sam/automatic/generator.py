@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 from ..image import to_uint8_rgb
+from ..model import Sam
+from ..predictor import ImageEmbedding, SamPredictor
+from .grid import crop_boxes, near_crop_edge, point_grid
 from .mask_ops import (
     Resampling,
     crop_to_box,
@@ -40,8 +43,7 @@ from .mask_ops import (
     remove_small_regions,
     upscaled_statistics,
 )
-from ..model import Sam
-from ..predictor import ImageEmbedding, SamPredictor
+from .records import MaskRecord, inclusive_box
 
 # A candidate whose logits straddle a threshold in more than this fraction of the
 # blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
@@ -63,63 +65,6 @@ MICROSCOPY_DEFAULTS = {
 
 class GenerationCancelled(Exception):
     """Raised by `AutomaticMaskGenerator.generate` when its `cancelled()` returned True."""
-
-
-@dataclass(frozen=True)
-class MaskRecord:
-    """One automatically found object, its mask kept inside its box.
-
-    `bbox_mask` is the mask at rows bbox[0]..bbox[2] and columns bbox[1]..bbox[3] of an
-    image of `image_shape`, and the mask is empty elsewhere; `mask` gives the full
-    (H, W) array (a new one on each access). An empty mask has bbox (0, 0, 0, 0) and a
-    (1, 1) False `bbox_mask`. `MaskRecord.from_mask` makes a record of a full mask.
-    Raises ValueError when `bbox_mask` does not fit `bbox` or `bbox` the image.
-    """
-
-    bbox_mask: np.ndarray  # (max_row - min_row + 1, max_col - min_col + 1) bool
-    area: int  # pixels in the mask
-    bbox: tuple[int, int, int, int]  # (min_row, min_col, max_row, max_col), inclusive
-    predicted_iou: float
-    stability_score: float
-    point: tuple[float, float]  # (row, col) of the grid point that produced it
-    crop_box: tuple[int, int, int, int]  # (min_row, min_col, max_row, max_col), exclusive
-    image_shape: tuple[int, int]  # (H, W) of the image
-
-    def __post_init__(self) -> None:
-        r0, c0, r1, c1 = self.bbox
-        height, width = self.image_shape
-        if self.bbox_mask.shape != (r1 - r0 + 1, c1 - c0 + 1) or not (
-            0 <= r0 <= r1 < height and 0 <= c0 <= c1 < width
-        ):
-            raise ValueError(
-                f"A mask of shape {self.bbox_mask.shape} with bbox {self.bbox} does not fit "
-                f"an image of shape {self.image_shape}: bbox_mask is the mask inside bbox; "
-                "use MaskRecord.from_mask for a full-size mask."
-            )
-
-    @property
-    def mask(self) -> np.ndarray:
-        """(H, W) bool, made on each access."""
-        full = np.zeros(self.image_shape, dtype=bool)
-        r0, c0, r1, c1 = self.bbox
-        full[r0 : r1 + 1, c0 : c1 + 1] = self.bbox_mask
-        return full
-
-    @classmethod
-    def from_mask(
-        cls,
-        mask: np.ndarray,
-        predicted_iou: float = 1.0,
-        stability_score: float = 1.0,
-        point: tuple[float, float] = (0.0, 0.0),
-        crop_box: tuple[int, int, int, int] | None = None,
-    ) -> MaskRecord:
-        """The record of a full (H, W) bool mask; crop_box defaults to the whole image."""
-        mask = np.asarray(mask, dtype=bool)
-        inside, origin = crop_to_box(mask)
-        crop_box = (0, 0, *mask.shape) if crop_box is None else crop_box
-        return cls(inside, int(inside.sum()), _box(inside, origin), predicted_iou,
-                   stability_score, point, crop_box, mask.shape)  # fmt: skip
 
 
 @dataclass
@@ -153,35 +98,6 @@ class _Candidates:
         return cls(
             *(torch.cat(columns) for columns in zip(*(p.fields() for p in parts), strict=True))
         )
-
-
-def crop_boxes(
-    shape: tuple[int, int], n_layers: int, overlap_ratio: float
-) -> list[tuple[tuple[int, int, int, int], int]]:
-    """The whole image, then for layer i = 1..n_layers a (2^i x 2^i) grid of crops that
-    overlap by `overlap_ratio` of the shorter side (scaled down with the layer), as
-    ((min_row, min_col, max_row, max_col) exclusive, layer) in the reference's order."""
-    height, width = shape
-    boxes = [((0, 0, height, width), 0)]
-    for layer in range(1, n_layers + 1):
-        per_side = 2**layer
-        overlap = int(overlap_ratio * min(height, width) * 2 / per_side)
-        crop_h = math.ceil((overlap * (per_side - 1) + height) / per_side)
-        crop_w = math.ceil((overlap * (per_side - 1) + width) / per_side)
-        col_starts = [int((crop_w - overlap) * i) for i in range(per_side)]
-        row_starts = [int((crop_h - overlap) * i) for i in range(per_side)]
-        for c0 in col_starts:
-            for r0 in row_starts:
-                box = (r0, c0, min(r0 + crop_h, height), min(c0 + crop_w, width))
-                boxes.append((box, layer))
-    return boxes
-
-
-def point_grid(per_side: int) -> np.ndarray:
-    """(per_side^2, 2) cell centres of a regular grid over [0, 1]^2 as (row, col), row by row."""
-    centres = np.linspace(0.5 / per_side, 1 - 0.5 / per_side, per_side)
-    rows, cols = np.meshgrid(centres, centres, indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], axis=1)
 
 
 class AutomaticMaskGenerator:
@@ -414,7 +330,7 @@ class AutomaticMaskGenerator:
         if self.stability_score_thresh > 0:
             keep = stability >= self.stability_score_thresh
         boxes = boxes + torch.tensor([crop[0], crop[1], crop[0], crop[1]], device=device)
-        keep &= ~_near_crop_edge(boxes, crop, image_shape)
+        keep &= ~near_crop_edge(boxes, crop, image_shape)
         offset_rc = torch.tensor([crop[0], crop[1]], dtype=torch.float32, device=device)
         points = torch.as_tensor(rows_cols, dtype=torch.float32, device=device) + offset_rc
         return _Candidates(
@@ -479,7 +395,7 @@ class AutomaticMaskGenerator:
                 MaskRecord(
                     bbox_mask=inside,
                     area=area,
-                    bbox=_box(inside, origin),
+                    bbox=inclusive_box(inside, origin),
                     predicted_iou=float(candidates.iou[i]),
                     stability_score=float(candidates.stability[i]),
                     point=tuple(float(v) for v in candidates.points[i].tolist()),
@@ -498,73 +414,20 @@ class AutomaticMaskGenerator:
             remove_small_regions(r.bbox_mask, r.bbox[:2], r.image_shape, self.min_mask_region_area)
             for r in records
         ]
-        boxes = torch.tensor([_box(m, o) for m, o, _ in cleaned], dtype=torch.float32)
+        boxes = torch.tensor([inclusive_box(m, o) for m, o, _ in cleaned], dtype=torch.float32)
         unchanged = torch.tensor([not changed for _, _, changed in cleaned], dtype=torch.float32)
         keep = nms(boxes, unchanged, max(self.box_nms_thresh, self.crop_nms_thresh))
         result = []
         for k in keep.tolist():
             record, (inside, origin, changed) = records[k], cleaned[k]
             if changed:
-                bbox = _box(inside, origin)
+                bbox = inclusive_box(inside, origin)
                 record = replace(record, bbox_mask=inside, area=int(inside.sum()), bbox=bbox)
             result.append(record)
         return result
 
 
-def masks_to_labels(
-    records: Sequence[MaskRecord | np.ndarray], shape: tuple[int, ...]
-) -> np.ndarray:
-    """A label image (int32, 0 = background) without overlaps: record i gets label i + 1.
-
-    records: `MaskRecord`s (painted from their masks inside their boxes, so no full-size
-    mask is made) or (H, W) bool masks; shape: (H, W). Raises ValueError when a mask
-    does not fit `shape`.
-
-    Where masks overlap, the smaller mask is drawn over the larger one, so objects inside
-    others (a nucleus in a cell) stay visible; among masks of equal area, the later one
-    wins. A mask wholly covered by smaller ones does not appear.
-    """
-    labels = np.zeros(tuple(shape), dtype=np.int32)
-    pieces = []  # (mask inside its box, the box as slices)
-    for item in records:
-        if isinstance(item, MaskRecord):
-            mask, full_shape = item.bbox_mask, tuple(item.image_shape)
-            r0, c0, r1, c1 = item.bbox
-            where = (slice(r0, r1 + 1), slice(c0, c1 + 1))
-        else:
-            mask = np.asarray(item, dtype=bool)
-            full_shape, where = mask.shape, (slice(None), slice(None))
-        if full_shape != labels.shape:
-            raise ValueError(
-                f"A mask of shape {full_shape} does not fit labels of shape {labels.shape}."
-            )
-        pieces.append((mask, where))
-    areas = np.array([np.count_nonzero(mask) for mask, _ in pieces])
-    # Largest first (stable, so equal areas keep their order and the later one wins).
-    for index in np.argsort(-areas, kind="stable"):
-        mask, where = pieces[index]
-        labels[where][mask] = index + 1
-    return labels
-
-
 # -- helpers ---------------------------------------------------------------------------
-def _near_crop_edge(
-    boxes: torch.Tensor, crop: tuple[int, int, int, int], shape: tuple[int, int], tol: float = 20.0
-) -> torch.Tensor:
-    """Boxes (image frame) within `tol` of an edge of the crop that is not an image edge."""
-    crop_t = torch.tensor(crop, dtype=torch.float32, device=boxes.device)
-    image_t = torch.tensor((0, 0, *shape), dtype=torch.float32, device=boxes.device)
-    boxes = boxes.float()
-    near_crop = (boxes - crop_t).abs() <= tol
-    near_image = (boxes - image_t).abs() <= tol
-    return (near_crop & ~near_image).any(1)
-
-
-def _box(inside: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Inclusive box of a mask inside its box, at `origin` (min_row, min_col)."""
-    return (origin[0], origin[1], origin[0] + inside.shape[0] - 1, origin[1] + inside.shape[1] - 1)
-
-
 def _require_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
@@ -580,12 +443,4 @@ def _require_range(
         raise ValueError(f"{name} must be in {bracket}{low}, {high}] ({hint}); got {value!r}.")
 
 
-__all__ = [
-    "MICROSCOPY_DEFAULTS",
-    "AutomaticMaskGenerator",
-    "GenerationCancelled",
-    "MaskRecord",
-    "crop_boxes",
-    "masks_to_labels",
-    "point_grid",
-]
+__all__ = ["MICROSCOPY_DEFAULTS", "AutomaticMaskGenerator", "GenerationCancelled"]
