@@ -28,8 +28,13 @@ def test_every_snippet_parses():
 
 @pytest.mark.parametrize(
     "marker",
-    ["add_plugin_dock_widget", "predictor.set_image(image)", "masks_to_labels(records"],
-    ids=["widget script", "quick start", "segment everything"],
+    [
+        "add_plugin_dock_widget",
+        "AnnotationSession(load_model",
+        "predictor.set_image(image)",
+        "masks_to_labels(records",
+    ],
+    ids=["widget script", "session", "quick start", "segment everything"],
 )
 def test_offline_snippet_runs(tmp_path, marker):
     code = snippet(marker).replace("napari.run()", "viewer.close()")

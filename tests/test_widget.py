@@ -7,8 +7,9 @@ what these tests check: the flow from a click to a committed label.
 import numpy as np
 import pytest
 
-from napari_sam._qt.sam_widget import KEYS, POINTS_NAME, PREVIEW_NAME
-from widget_helpers import add_point, coins, disc_model, open_widget
+from napari_sam._qt._layers import POINTS_NAME
+from napari_sam._qt.keys import KEYS
+from widget_helpers import add_point, coins, disc_model, open_widget, shown_preview
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def widget(viewer):
 
 
 def preview_of(widget):
-    return widget.viewer.layers[PREVIEW_NAME].data
+    return shown_preview(widget)
 
 
 def test_widget_opens_from_manifest_with_prompt_layers(viewer, tiny_model):
@@ -187,14 +188,16 @@ def test_moving_and_deleting_points_rerun_decoder(widget):
 
 
 def test_previous_logits_refine_when_prompts_only_grow(widget, monkeypatch):
+    from napari_sam import SamPredictor
+
     calls = []
-    original = widget._predictor.predict
+    original = SamPredictor.predict
 
-    def spy(**kwargs):
+    def spy(self, **kwargs):
         calls.append(kwargs.get("mask_input") is not None)
-        return original(**kwargs)
+        return original(self, **kwargs)
 
-    monkeypatch.setattr(widget._predictor, "predict", spy)
+    monkeypatch.setattr(SamPredictor, "predict", spy)
     add_point(widget, (50, 50))
     add_point(widget, (150, 190))
     widget.points_layer.data = widget.points_layer.data[::-1].copy()  # moved, not grown
@@ -211,15 +214,22 @@ def test_keys_are_bound_while_open_and_gone_after_close(viewer, tiny_model):
         assert coerce_keybinding(key) in viewer.keymap
     # the bound keys work: N toggles polarity, Q clears
     viewer.keymap[coerce_keybinding("N")](viewer)
-    assert widget._negative
+    assert widget.negative
     viewer.window.remove_dock_widget(widget)
     assert dict(viewer.keymap) == before
     # no callbacks left on the layers or the viewer
     points = viewer.layers[POINTS_NAME]
-    assert widget._on_points_press not in points.mouse_drag_callbacks
-    assert widget._connected == []
-    callbacks = [cb for cb in points.events.data.callbacks]
-    assert all(getattr(cb, "__self__", None) is not widget for cb in callbacks)
+    ours = (widget, widget.prompts, widget.preview)
+    assert not [cb for cb in points.mouse_drag_callbacks if getattr(cb, "__self__", 0) in ours]
+    emitters = [points.events.data, points.events.feature_defaults,
+                viewer.dims.events.current_step, viewer.layers.events.inserted,
+                viewer.layers.events.removed]  # fmt: skip
+    for emitter in emitters:
+        owners = [
+            cb[0]() if isinstance(cb, tuple) else getattr(cb, "__self__", None)
+            for cb in emitter.callbacks
+        ]
+        assert not [owner for owner in owners if owner in ours], emitter
     viewer.layers.remove(points)  # no recreation after close
     assert POINTS_NAME not in [layer.name for layer in viewer.layers]
 
@@ -276,3 +286,18 @@ def test_n_key_and_ctrl_click_make_negative_points(widget, viewer, qtbot):
     press(viewer, qtbot, Qt.Key.Key_N)
     qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=centre + QPoint(9, 9))
     assert points.features["polarity"].tolist() == ["positive", "negative", "negative", "positive"]
+
+
+def test_the_preview_outline_is_the_mask_edge_two_pixels_wide():
+    from scipy.ndimage import binary_erosion
+
+    from napari_sam._qt.preview import outline
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # ragged masks anywhere, touching the border or not
+        mask = np.zeros((40, 50), bool)
+        r, c = rng.integers(0, 40), rng.integers(0, 50)
+        mask[r : r + rng.integers(1, 40), c : c + rng.integers(1, 50)] = True
+        mask &= rng.random(mask.shape) > 0.1
+        expected = mask & ~binary_erosion(mask, iterations=2, border_value=0)
+        np.testing.assert_array_equal(outline(mask), expected)

@@ -14,9 +14,9 @@ def test_segment_everything_writes_a_new_layer_and_later_commits_go_above(make_n
     labels_before = viewer.add_labels(np.zeros(coins().shape, np.int32), name="mine")
     viewer.add_image(coins(), name="coins")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(8)
+    widget.everything.settings.points_per_side.value = 8
     # the disc decoder's soft edges (1 logit per px) are less stable than 0.9
-    widget.everything.stability_spin.setValue(0.8)
+    widget.everything.settings.stability_score_thresh.value = 0.8
     layer = widget.segment_everything(wait=True)
     assert layer is not None and layer is not labels_before and layer.name == "coins everything"
     assert layer.data.shape == coins().shape
@@ -35,8 +35,8 @@ def test_nothing_to_find_gives_an_empty_layer_and_a_message(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(coins(), name="coins")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(4)
-    widget.everything.iou_spin.setValue(0.99)  # above every predicted IoU
+    widget.everything.settings.points_per_side.value = 4
+    widget.everything.settings.pred_iou_thresh.value = 0.99  # above every predicted IoU
     layer = widget.segment_everything(wait=True)
     assert layer is not None and not layer.data.any()
     assert "0 objects" in widget.status_label.text()
@@ -46,9 +46,9 @@ def test_every_slice_of_a_stack_gets_its_own_objects(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(blobs_stack(3), name="stack")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(4)
-    widget.everything.stability_spin.setValue(0.8)
-    widget.everything.all_slices_check.setChecked(True)
+    widget.everything.settings.points_per_side.value = 4
+    widget.everything.settings.stability_score_thresh.value = 0.8
+    widget.everything.every_slice.value = True
     layer = widget.segment_everything(wait=True)
     assert layer.data.shape == blobs_stack(3).shape
     ids = [set(np.unique(layer.data[z])) - {0} for z in range(3)]
@@ -60,7 +60,7 @@ def test_bad_settings_are_a_message_not_a_traceback(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(coins()[:20, :20], name="tiny")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(64)  # a grid denser than the 20 px image
+    widget.everything.settings.points_per_side.value = 64  # a grid denser than the 20 px image
     assert widget.segment_everything(wait=True) is None
     assert "denser" in widget.status_label.text() or "grid" in widget.status_label.text()
     assert not [layer for layer in viewer.layers if "everything" in layer.name]
@@ -70,8 +70,8 @@ def test_cancel_stops_between_slices(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(blobs_stack(8), name="stack")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(16)
-    widget.everything.all_slices_check.setChecked(True)
+    widget.everything.settings.points_per_side.value = 16
+    widget.everything.every_slice.value = True
     widget.segment_everything(wait=False)
     assert widget.everything.busy
     widget.cancel()
@@ -118,9 +118,9 @@ def test_every_slice_of_a_lazy_stack_is_read_in_the_worker_one_plane_at_a_time(
     planes = SlowPlanes(blobs_stack(24))
     viewer.add_image(planes, name="lazy")
     widget = open_widget(viewer, disc_model())
-    widget.everything.points_spin.setValue(4)
-    widget.everything.stability_spin.setValue(0.8)
-    widget.everything.all_slices_check.setChecked(True)
+    widget.everything.settings.points_per_side.value = 4
+    widget.everything.settings.stability_score_thresh.value = 0.8
+    widget.everything.every_slice.value = True
     qtbot.wait(50)
     ticks = []
     timer = QTimer()

@@ -10,11 +10,26 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog
 
-from napari_sam._qt.finetune_widget import ALL_SLICES, FULL, MAIN_WIDGET_MODEL, main_widgets
+from napari_sam._qt._layers import PREVIEW_NAME
+from napari_sam._qt._messages import UserError
+from napari_sam._qt.finetune_widget import (
+    ALL_SLICES,
+    FULL,
+    LOCAL_FILE,
+    MAIN_WIDGET_MODEL,
+    main_widgets,
+)
 from napari_sam.training import finetuning
-from napari_sam.training.finetuning import finetuned_models, save_finetuned
+from napari_sam.training.finetuning import (
+    finetuned_models,
+    register_finetuned,
+    save_finetuned,
+    unregister_finetuned,
+)
 from napari_sam.zoo import load_model
 from test_training import blobs
 from widget_helpers import open_widget
@@ -23,8 +38,17 @@ FINETUNE = ("napari-sam-labeler", "Fine-tune SAM")
 
 
 @pytest.fixture(autouse=True)
-def fresh_finetuned_list(monkeypatch):
-    monkeypatch.setattr(finetuning, "_finetuned", {})
+def fresh_finetuned_list():
+    """Each test starts and ends with no fine-tuned model listed (the list lasts the
+    Python session); those listed before come back afterwards."""
+    before = finetuned_models()
+    for name in before:
+        unregister_finetuned(name)
+    yield
+    for name in finetuned_models():
+        unregister_finetuned(name)
+    for name, path in before.items():
+        register_finetuned(path, name)
 
 
 @pytest.fixture
@@ -45,6 +69,10 @@ def combo_data(combo) -> list:
     return [combo.itemData(i) for i in range(combo.count())]
 
 
+def model_values(widget) -> list:
+    return list(widget.options.model.choices)
+
+
 def test_finetunes_the_main_widgets_model_and_offers_the_result_there(
     viewer, tiny_model, tmp_path, monkeypatch
 ):
@@ -58,14 +86,14 @@ def test_finetunes_the_main_widgets_model_and_offers_the_result_there(
     widget = open_finetune(viewer)
     assert type(widget).__name__ == "FinetuneWidget"
     assert main_widgets(viewer) == [main]
-    assert widget.image_combo.currentText() == "blobs"
-    assert widget.labels_combo.currentText() == "annotations"
+    assert widget.layers_form.image_layer.value == "blobs"
+    assert widget.layers_form.labels_layer.value == "annotations"
     widget.add_pair()
     assert widget.pair_list.count() == 1
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(MAIN_WIDGET_MODEL))
-    widget.steps_spin.setValue(3)
+    widget.options.model.value = MAIN_WIDGET_MODEL
+    widget.options.steps.value = 3
     out = tmp_path / "blobs-tuned.pt"
-    widget.out_edit.setText(str(out))
+    widget.options.out_path.value = out
 
     result = widget.start(wait=True, timeout=300)
     assert result is not None and not result.cancelled and result.steps_done == 3
@@ -97,7 +125,7 @@ def test_finetunes_the_main_widgets_model_and_offers_the_result_there(
 
     # A main widget opened later lists it too, as does the fine-tune widget itself.
     assert str(out.resolve()) in combo_data(open_widget(viewer, tiny_model).model_combo)
-    assert str(out.resolve()) in combo_data(widget.model_combo)
+    assert str(out.resolve()) in model_values(widget)
 
 
 def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model, tmp_path):
@@ -112,7 +140,7 @@ def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model,
     viewer.dims.set_current_step(0, 2)
     widget = open_finetune(viewer)
 
-    widget.slices_combo.setCurrentText(ALL_SLICES)
+    widget.layers_form.slices.value = ALL_SLICES
     widget.add_pair()
     assert len(widget.training_data()) == 2  # slices 0 and 2
     widget.pairs.clear()
@@ -123,13 +151,13 @@ def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model,
 
     widget.pairs.clear()
     widget.add_pair(image_layer, labels_layer, all_slices=True)
-    finetuning.register_finetuned(base)
-    widget.fill_model_choices()
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base.resolve())))
-    widget.mode_combo.setCurrentText(FULL)
-    widget.steps_spin.setValue(2)
-    widget.holdout_spin.setValue(0)  # nothing held out: the trained weights are kept
-    widget.out_edit.setText(str(tmp_path / "full.pt"))
+    register_finetuned(base)
+    widget.refresh_model_choices(select=str(base.resolve()))
+    assert widget.options.model.value == str(base.resolve())
+    widget.options.mode.value = FULL
+    widget.options.steps.value = 2
+    widget.options.held_out.value = 0  # nothing held out: the trained weights are kept
+    widget.options.out_path.value = tmp_path / "full.pt"
     result = widget.start(wait=True, timeout=300)
     assert result.steps_done == 2 and result.path.is_file() and result.improved is None
     assert "nothing could be checked" in widget.status_label.text()
@@ -147,15 +175,15 @@ def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model,
 def test_cancel_stops_between_steps_and_saves_nothing(viewer, tiny_model, tmp_path, qtbot):
     widget = open_finetune(viewer)
     base = save_finetuned(tiny_model, tmp_path / "base.pt")
-    finetuning.register_finetuned(base)
-    widget.fill_model_choices()
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base.resolve())))
-    widget.steps_spin.setValue(10_000)
+    register_finetuned(base)
+    widget.refresh_model_choices()
+    widget.options.model.value = str(base.resolve())
+    widget.options.steps.value = 10_000
     out = tmp_path / "cancelled.pt"
-    widget.out_edit.setText(str(out))
+    widget.options.out_path.value = out
     widget.start(wait=False)
     assert widget.busy and widget.cancel_button.isEnabled()
-    pbar = widget._progress
+    pbar = widget.job.progress
     assert pbar is not None and pbar.total == 10_000  # in the activity dock
     qtbot.waitUntil(lambda: pbar.n >= 2, timeout=120_000)
     started = time.perf_counter()
@@ -167,15 +195,16 @@ def test_cancel_stops_between_steps_and_saves_nothing(viewer, tiny_model, tmp_pa
     assert result.path is None and not out.exists()
     assert "Cancelled after" in widget.status_label.text()
     assert finetuned_models() == {"base": base.resolve()}
+    assert not widget.busy and widget.run_button.isEnabled()
 
 
 def test_reports_what_is_missing(viewer):
     widget = open_finetune(viewer)
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData(MAIN_WIDGET_MODEL))
+    widget.options.model.value = MAIN_WIDGET_MODEL
     assert widget.start(wait=True) is None
     assert "No model is loaded" in widget.status_label.text()
     viewer.layers["annotations"].data = np.zeros_like(viewer.layers["annotations"].data)
-    widget.model_combo.setCurrentIndex(1)
+    widget.options.model.value = "tiny_cells"
     assert widget.start(wait=True) is None
     assert "empty" in widget.status_label.text()
     assert not widget.busy
@@ -187,7 +216,6 @@ def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
     """A run that only makes the model worse (far too high a learning rate) keeps the
     starting weights, says so in the status and a warning notification, and shows the
     held-out IoU in the status as training goes."""
-    from napari_sam._qt import finetune_widget as _finetune_widget
     from napari_sam.training.synthetic import generate
 
     sample = generate(np.random.default_rng(0), (128, 128))
@@ -203,18 +231,14 @@ def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
         )
 
     monkeypatch.setattr(finetuning, "default_config", too_fast)
-    told = []
-    monkeypatch.setattr(
-        _finetune_widget, "_notify", lambda text, level="info": told.append((text, level))
-    )
+    notified = len(notification_manager.records)
     widget = open_finetune(viewer)
-    statuses = []
-    shown = widget._set_status
-    monkeypatch.setattr(widget, "_set_status", lambda text: (statuses.append(text), shown(text)))
-    widget.model_combo.setCurrentIndex(widget.model_combo.findData("tiny_cells"))
-    widget.steps_spin.setValue(2)
+    statuses = []  # the status after each step (the widget's own slot runs first)
+    widget.stepped.connect(lambda *_: statuses.append(widget.status_label.text()))
+    widget.options.model.value = "tiny_cells"
+    widget.options.steps.value = 2
     out = tmp_path / "worse.pt"
-    widget.out_edit.setText(str(out))
+    widget.options.out_path.value = out
     with warnings.catch_warnings():
         warnings.simplefilter("error", finetuning.FinetuneWarning)  # said, not warned
         result = widget.start(wait=True, timeout=300)
@@ -222,6 +246,7 @@ def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
     assert result.final_iou < result.before_iou
     assert "did not improve" in widget.status_label.text()
     assert "starting weights are kept" in widget.status_label.text()
+    told = [(n.message, str(n.severity)) for n in notification_manager.records[notified:]]
     assert [level for text, level in told if "did not improve" in text] == ["warning"]
     assert any("held-out IoU 0." in text and "step 2" in text for text in statuses)
     start = load_model("tiny_cells", device="cpu", dtype="float32").state_dict()
@@ -231,8 +256,6 @@ def test_says_when_fine_tuning_did_not_help_and_saves_the_starting_model(
 
 @pytest.mark.parametrize("kind", ["colour-coded", "negative"])
 def test_refuses_labels_that_are_not_id_images(viewer, kind):
-    from napari_sam._messages import UserError
-
     labels = viewer.layers["annotations"].data
     if kind == "colour-coded":
         colours = np.random.default_rng(0).integers(40, 256, (labels.max() + 1, 3))
@@ -252,3 +275,60 @@ def test_refuses_labels_that_are_not_id_images(viewer, kind):
     assert widget.pairs == [] and widget.pair_list.count() == 0
     assert widget.start(wait=True) is None  # the layers chosen above, without a pair
     assert says in widget.status_label.text() and not widget.busy
+
+
+def test_starts_from_a_checkpoint_chosen_in_the_file_dialog(
+    viewer, tiny_model, tmp_path, monkeypatch, cache
+):
+    """The dialog offers every checkpoint format the loader reads (safetensors too, as in
+    the Segment Anything widget); cancelling it starts nothing. Without a path given, the
+    model goes to a new file in the cache, named after the one it started from."""
+    base = save_finetuned(tiny_model, tmp_path / "picked.pt")
+    asked, answers = [], iter([("", ""), (str(base), "")])
+
+    def dialog(parent, caption, folder, filters):
+        asked.append(filters)
+        return next(answers)
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(dialog))
+    widget = open_finetune(viewer)
+    widget.options.model.value = LOCAL_FILE
+    widget.options.steps.value = 1
+    widget.options.held_out.value = 0
+    assert widget.start(wait=True) is None
+    assert "No checkpoint chosen" in widget.status_label.text() and not widget.busy
+    result = widget.start(wait=True, timeout=300)
+    assert result is not None and result.path.parent == cache / "finetuned"
+    assert result.path.name.startswith("picked-finetuned-") and result.path.is_file()
+    assert str(result.path) in widget.status_label.text()
+    assert widget.options.out_path.value is None  # the next run gets its own file
+    stored = torch.load(result.path, weights_only=True)[finetuning.METADATA_KEY]
+    assert stored["base_model"] == "picked"
+    assert len(asked) == 2
+    assert all(f"*.{ext}" in asked[0] for ext in ("pth", "pt", "ckpt", "safetensors"))
+
+
+def test_never_overwrites_an_existing_file(viewer, tmp_path):
+    """A path without a suffix gets ".pt"; a file already there is kept and the run is
+    refused with what to do."""
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"the user's own model")
+    widget = open_finetune(viewer)
+    widget.options.model.value = "tiny_cells"
+    widget.options.out_path.value = tmp_path / "mine"
+    assert widget.start(wait=True) is None
+    assert f"{mine} exists: choose a new file name" in widget.status_label.text()
+    assert mine.read_bytes() == b"the user's own model" and not widget.busy
+
+
+def test_pairs_and_layer_choices_follow_the_viewers_layers(viewer):
+    widget = open_finetune(viewer)
+    viewer.add_labels(np.zeros((128, 128), np.int32), name=PREVIEW_NAME)
+    viewer.add_labels(np.zeros((128, 128), np.int32), name="more")
+    assert widget.layers_form.labels_layer.choices == ("annotations", "more")  # never the preview
+    pair = widget.add_pair()
+    assert pair.slice_index == {} and widget.pair_list.count() == 1
+    assert "'blobs' + 'annotations'" in widget.pair_list.item(0).text()
+    del viewer.layers["annotations"]
+    assert widget.pairs == [] and widget.pair_list.count() == 0
+    assert widget.layers_form.labels_layer.choices == ("more",)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from napari_sam import SamPredictor, load_model
+from napari_sam._qt._layers import PREVIEW_NAME
 from napari_sam._sample_data import blobs_stack
-from napari_sam._qt.sam_widget import PREVIEW_NAME
 from widget_helpers import open_widget
 
 

@@ -4,8 +4,7 @@ layers that cannot be written, scripting errors, polarity by mouse, a cache of s
 import numpy as np
 import pytest
 
-from napari_sam._qt.sam_widget import PREVIEW_NAME
-from widget_helpers import add_point, coins, disc_model, open_widget
+from widget_helpers import add_point, coins, disc_model, open_widget, shown_preview
 
 
 @pytest.fixture
@@ -51,12 +50,10 @@ def test_commit_refuses_a_plane_tilted_against_the_output_and_keeps_prompts(view
     layer = widget.points_layer
     layer.add([[1, 150, 190]])  # the points layer shares the image's frame
     assert widget.candidates
-    messages = []
-    widget._user_error = lambda error: messages.append(str(error))
     assert widget.commit() == []
     assert not labels.data.any() and len(layer.data) == 1
-    assert "not a plane of the labels" in messages[0]
-    assert "'stack'" in messages[0] and "'tilted'" in messages[0]
+    assert "not a plane of the labels" in widget.status_label.text()
+    assert "'stack'" in widget.status_label.text() and "'tilted'" in widget.status_label.text()
 
 
 def test_prompt_layer_in_another_frame_is_mapped_through_world(viewer):
@@ -76,7 +73,8 @@ def test_pixels_edited_in_place_are_embedded_again(viewer, refresh):
     image = viewer.add_image(coins().copy(), name="coins")
     widget = open_widget(viewer, disc_model())
     assert widget.compute_embedding(wait=True)
-    first = widget._current_embedding[1].features.clone()
+    session = widget.session
+    first = session.embedding_for(session.embedding_key()).features.clone()
     other = np.ascontiguousarray(coins()[::-1, ::-1])
     image.data[:] = other
     if refresh:
@@ -84,7 +82,7 @@ def test_pixels_edited_in_place_are_embedded_again(viewer, refresh):
     add_point(widget, (100, 100))
     widget.wait(timeout=60)
     assert widget.candidates  # decoded once the new embedding was ready
-    used = widget._predictor.image_embedding.features
+    used = session.embedding_for(session.embedding_key()).features
     expected = embed_image(widget.model, other).features
     assert not np.allclose(used.numpy(), first.numpy())
     np.testing.assert_allclose(used.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
@@ -105,7 +103,7 @@ def test_current_embedding_is_kept_with_a_cache_of_size_zero(viewer, monkeypatch
     widget.wait(timeout=60)
     for _ in range(20):  # give a re-embedding loop the chance to show itself
         widget.wait(timeout=5)
-    assert widget.candidates and viewer.layers[PREVIEW_NAME].data[100, 100]
+    assert widget.candidates and shown_preview(widget)[100, 100]
     assert len(calls) == 1 and len(widget.cache) == 0
     add_point(widget, (40, 40))
     assert len(calls) == 1
@@ -131,10 +129,9 @@ def test_output_that_cannot_be_written_is_refused_before_writing(viewer, make):
     assert widget.compute_embedding(wait=True)
     widget.output_layer = labels
     add_point(widget, (100, 100))
-    messages = []
-    widget._user_error = lambda error: messages.append(str(error))
     assert widget.commit() == []
-    assert "'lazy'" in messages[0] and "np.array(layer.data)" in messages[0]
+    message = widget.status_label.text()
+    assert "'lazy'" in message and "np.array(layer.data)" in message
     assert len(widget.points_layer.data) == 1 and widget.candidates  # prompts kept
     assert not np.asarray(labels.data).any()
 
@@ -147,9 +144,7 @@ def test_multiscale_output_is_refused(viewer):
     assert widget.compute_embedding(wait=True)
     widget.output_layer = labels
     add_point(widget, (100, 100))
-    messages = []
-    widget._user_error = lambda error: messages.append(str(error))
-    assert widget.commit() == [] and "multiscale" in messages[0]
+    assert widget.commit() == [] and "multiscale" in widget.status_label.text()
     assert not any(level.any() for level in labels.data)
 
 
@@ -165,10 +160,8 @@ def test_batch_that_would_run_out_of_ids_writes_nothing(viewer):
     corners = [(20, 20), (20, 200), (160, 20), (160, 200)]
     widget.boxes_layer.add_rectangles([np.array([[r, c], [r + 80, c + 100]]) for r, c in corners])
     assert len(widget.candidates) == 4
-    messages = []
-    widget._user_error = lambda error: messages.append(str(error))
     assert widget.commit() == []
-    assert "254 to 257" in messages[0]
+    assert "254 to 257" in widget.status_label.text()
     assert labels.data.max() == 253 and np.count_nonzero(labels.data) == 1
     assert len(widget.boxes_layer.data) == 4  # the prompts stay for another try
     labels.data = labels.data.astype(np.int32)

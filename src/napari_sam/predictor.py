@@ -108,6 +108,7 @@ class SamPredictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask: bool | None = None,
+        upscale: bool = True,
     ) -> Prediction:
         """Masks for one object described by the given prompts.
 
@@ -118,7 +119,9 @@ class SamPredictor:
         128 x 128 for tiny_cells). multimask=None returns the 3 ambiguity masks for a single point
         and the one unambiguous mask for anything more; True/False force either.
 
-        Returns (masks (M, H, W) bool, scores (M,) predicted IoU, low_res_logits (M, h, w)).
+        Returns (masks (M, H, W) bool, scores (M,) predicted IoU, low_res_logits (M, h, w));
+        with `upscale=False` masks is None: `upscale_masks(low_res_logits[i])` makes the
+        ones needed (what an interactive tool shows is one of three).
         """
         embedding = self._require_embedding()
         point_xy, point_labels = self._points_to_model(points, labels, embedding)
@@ -142,15 +145,41 @@ class SamPredictor:
             low_res, iou = self.model.decode(
                 embedding.features, prompt_points, boxes, mask_t, bool(multimask)
             )
-            logits = self.model.postprocess_masks(
-                low_res, embedding.input_size, embedding.original_size
+            masks = None
+            if upscale:
+                logits = self.model.postprocess_masks(
+                    low_res, embedding.input_size, embedding.original_size
+                )
+                masks = (logits[0] > self.model.mask_threshold).cpu().numpy()
+            scores = iou[0].float().cpu().numpy()
+            return Prediction(masks, scores, low_res[0].float().cpu().numpy())
+
+    def upscale_masks(
+        self, low_res_logits: np.ndarray, embedding: ImageEmbedding | None = None
+    ) -> np.ndarray:
+        """Low-res logits ((h, w) or (M, h, w), as `predict` returns them) -> masks at the
+        image's size, (H, W) or (M, H, W) bool: the same masks `predict` gives. The image
+        is `embedding`'s (default: the current one)."""
+        embedding = embedding or self._require_embedding()
+        logits = torch.as_tensor(np.asarray(low_res_logits, dtype=np.float32))
+        single = logits.ndim == 2
+        with torch.inference_mode():
+            batch = logits.reshape(1, -1, *logits.shape[-2:]).to(self.model.device)
+            full = self.model.postprocess_masks(
+                batch, embedding.input_size, embedding.original_size
             )
-            masks = logits[0] > self.model.mask_threshold
-            return Prediction(
-                masks.cpu().numpy(),
-                iou[0].float().cpu().numpy(),
-                low_res[0].float().cpu().numpy(),
-            )
+            masks = (full[0] > self.model.mask_threshold).cpu().numpy()
+        return masks[0] if single else masks
+
+    def low_res_areas(self, low_res_logits: np.ndarray) -> np.ndarray:
+        """(M,) mask areas measured on (M, h, w) low-res logits, inside the image (not
+        the padding): a cheap stand-in for full-size areas, e.g. to order candidates."""
+        embedding = self._require_embedding()
+        logits = np.asarray(low_res_logits)
+        scale = logits.shape[-1] / self.model.img_size
+        rows, cols = (int(np.ceil(n * scale)) for n in embedding.input_size)
+        inside = logits[..., :rows, :cols] > self.model.mask_threshold
+        return inside.reshape(len(logits), -1).sum(axis=1)
 
     def predict_boxes(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One object per box, all decoded in one batch: (masks (B, H, W) bool, predicted

@@ -1,8 +1,9 @@
 """The "Segment everything" panel of the Segment Anything widget: automatic masks for
 the 2D view on screen, or for every slice of nD data, into a new Labels layer.
 
-Kept apart from `_widget.py`, which it uses through a few of the widget's methods (the
-view on screen, its image, the model, the output layer).
+The work is `napari_sam.automatic.segment_slices` (Qt-free), run as a `Job` of the widget
+it belongs to; the filters are a magicgui form of the generator's parameters. It uses the
+widget's public API only (image layer, view, model, session cache, output layer).
 """
 
 from __future__ import annotations
@@ -11,210 +12,176 @@ import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..view import ViewSpec
+from ._base import OneJobAtATime, UserError
+from ._layers import add_quietly, spatial_shape, transform_kwargs
+from ._messages import notify
 
 if TYPE_CHECKING:
     from .sam_widget import SamWidget
 
-class SegmentEverythingPanel(QWidget):
+__all__ = ["SegmentEverythingPanel"]
+
+
+def _settings_form() -> Container:
+    """The grid generator's filters (`AutomaticMaskGenerator` parameters), at the
+    microscopy defaults."""
+    from ..automatic import MICROSCOPY_DEFAULTS as d
+
+    def fraction(name: str, label: str) -> FloatSpinBox:
+        return FloatSpinBox(name=name, label=label, value=d[name], min=0.0, max=1.0, step=0.01)
+
+    return Container(widgets=[
+        SpinBox(name="points_per_side", label="points per side", value=d["points_per_side"],
+                min=1, max=128, tooltip="The grid of point prompts: n x n points"),
+        fraction("pred_iou_thresh", "predicted IoU >"),
+        fraction("stability_score_thresh", "stability >="),
+        fraction("box_nms_thresh", "overlap (NMS) <"),
+        SpinBox(name="min_mask_region_area", label="min. area (px)",
+                value=d["min_mask_region_area"], min=0, max=1_000_000),
+    ])  # fmt: skip
+
+
+class _SessionEmbeddings:
+    """The session's embeddings as a cache: its current view's first, then its cache."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def get(self, key, default=None):
+        found = self.session.embedding_for(key)
+        return default if found is None else found
+
+    def put(self, key, embedding) -> bool:
+        return self.session.cache.put(key, embedding)
+
+
+class SegmentEverythingPanel(OneJobAtATime, QWidget):
     """Button, "every slice" option and the filters, shown on "advanced settings"."""
 
     def __init__(self, sam: SamWidget) -> None:
         super().__init__()
         self.sam = sam
-        self._worker = None
-        self._progress = None
+        self.job = None
         self.result_layer = None
-
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("Automatic masks from a grid of points, into a new layer")
-        self.run_button.clicked.connect(self.run)
-        self.all_slices_check = QCheckBox("every slice")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.every_slice = CheckBox(text="every slice")
         row.addWidget(self.run_button)
-        row.addWidget(self.all_slices_check)
+        row.addWidget(self.every_slice.native)
         layout.addLayout(row)
-
         # A tick box that shows the filters: a collapsed group box would stay an empty frame.
-        self.advanced_check = QCheckBox("advanced settings")
-        layout.addWidget(self.advanced_check)
-        self.advanced = QWidget()
-        form = QFormLayout(self.advanced)
-        form.setContentsMargins(0, 0, 0, 0)
-        from ..automatic import MICROSCOPY_DEFAULTS
-
-        self.points_spin = QSpinBox(minimum=1, maximum=128)
-        self.points_spin.setValue(MICROSCOPY_DEFAULTS["points_per_side"])
-        self.iou_spin = self._fraction(MICROSCOPY_DEFAULTS["pred_iou_thresh"])
-        self.stability_spin = self._fraction(MICROSCOPY_DEFAULTS["stability_score_thresh"])
-        self.nms_spin = self._fraction(MICROSCOPY_DEFAULTS["box_nms_thresh"])
-        self.area_spin = QSpinBox(minimum=0, maximum=1_000_000)
-        self.area_spin.setValue(MICROSCOPY_DEFAULTS["min_mask_region_area"])
-        self._fields = {
-            "points per side": self.points_spin,
-            "predicted IoU >": self.iou_spin,
-            "stability >=": self.stability_spin,
-            "overlap (NMS) <": self.nms_spin,
-            "min. area (px)": self.area_spin,
-        }
-        for label, field in self._fields.items():
-            form.addRow(label, field)
-        self.advanced_check.toggled.connect(self.advanced.setVisible)
-        self.advanced.setVisible(False)
-        layout.addWidget(self.advanced)
-
-    @staticmethod
-    def _fraction(value: float) -> QDoubleSpinBox:
-        spin = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.01, decimals=2)
-        spin.setValue(value)
-        return spin
+        self.advanced = CheckBox(text="advanced settings")
+        self.settings = _settings_form()
+        self.settings.visible = False
+        self.advanced.changed.connect(lambda shown: setattr(self.settings, "visible", shown))
+        layout.addWidget(self.advanced.native)
+        layout.addWidget(self.settings.native)
 
     def parameters(self) -> dict:
-        return {
-            "points_per_side": self.points_spin.value(),
-            "pred_iou_thresh": self.iou_spin.value(),
-            "stability_score_thresh": self.stability_spin.value(),
-            "box_nms_thresh": self.nms_spin.value(),
-            "min_mask_region_area": self.area_spin.value(),
-        }
+        """The generator's keyword arguments, as the form shows them."""
+        return {widget.name: widget.value for widget in self.settings}
 
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def cancel(self) -> None:
-        if self._progress is not None:
-            self._progress.cancel()
-
-    # -- running ---------------------------------------------------------------------
-    def _views(self, layer, current: ViewSpec) -> list[ViewSpec]:
-        """The view on screen, or every combination of the non-displayed axes (the
-        channel axis, when channels are picked, stays where it is)."""
-        if not self.all_slices_check.isChecked():
+    def views(self, current: ViewSpec) -> list[ViewSpec]:
+        """The view on screen, or with "every slice" every combination of the other axes
+        (the channel axis, when channels are picked, stays where it is)."""
+        if not self.every_slice.value:
             return [current]
-        channel_axis = self.sam._channel_axis(layer)
-        shape = self.sam._spatial_shape(layer)
+        channel_axis = self.sam.view_options()["channel_axis"]
+        shape = spatial_shape(self.sam.image_layer)
         axes = [a for a in current.slice_index if a != channel_axis]
-        ranges = [range(shape[a]) for a in axes]
         views = []
-        for combo in itertools.product(*ranges):
-            index = dict(current.slice_index)
-            index.update(zip(axes, combo, strict=True))
+        for combo in itertools.product(*(range(shape[a]) for a in axes)):
+            index = {**current.slice_index, **dict(zip(axes, combo, strict=True))}
             views.append(ViewSpec(current.displayed, index))
         return views
 
     def run(self, wait: bool = False):
         """Segment the view on screen (or every slice) into a new Labels layer; returns
         that layer when `wait` (None if there was nothing to do or it was cancelled)."""
-        from .._messages import UserError as _UserError
-
         try:
             self._start()
-        except (_UserError, ValueError) as error:
-            self.sam._user_error(error)
+        except (UserError, ValueError) as error:
+            self.sam.user_error(error)
             return None
         if wait:
-            self.sam._wait_for(lambda: self._worker is None)
+            self.sam.wait_for(lambda: self.job is None)
             return self.result_layer
         return None
 
     def _start(self) -> None:
-        from napari.utils import cancelable_progress
+        from ..automatic import AutomaticMaskGenerator, GenerationCancelled, segment_slices
 
-        from ._workers import start_worker
-        from ..automatic import AutomaticMaskGenerator
-
-        if self._worker is not None:
-            return
-        model = self.sam._require_ready()
-        if model is None:
-            return
-        layer = self.sam._image_layer
-        views = self._views(layer, self.sam._view_spec(layer))
-        # Checked here, in the GUI thread, so bad settings become a message at once.
-        generator = AutomaticMaskGenerator(model, **self.parameters())
-        read = self.sam.view_reader(layer)  # planes are read in the worker, one at a time
-        model_id = self.sam._model_id
         sam = self.sam
-        ndim = len(self.sam._spatial_shape(layer))
-        progress = cancelable_progress(total=len(views), desc="SAM: segment everything")
-        self._progress = progress
+        if self.job is not None or sam.model is None or sam.image_layer is None:
+            if sam.model is None:
+                sam.set_status("Load a model (Load button), then click on an object.")
+            return
+        layer = sam.image_layer
+        views = self.views(sam.current_view())
+        # Made here, in the GUI thread, so bad settings become a message at once.
+        generator = AutomaticMaskGenerator(sam.model, **self.parameters())
+        session, ndim = sam.session, len(spatial_shape(layer))
+        # The view on screen keeps its embedding whatever the cache's budget: use it too.
+        running: list = []  # the job, once its worker runs the loop
+        slices = segment_slices(
+            generator,
+            sam.view_reader(),
+            views,
+            cache=_SessionEmbeddings(session),
+            model_id=session.model_id,
+            cancelled=lambda: running[0].cancelled,
+        )  # checks its arguments now, in the GUI thread
         # The result layer exists from the start and fills plane by plane: the viewer
         # shows progress, and the GUI thread never holds more than one plane's work.
-        result = self._new_result_layer(layer)
+        result = add_quietly(sam.viewer, self._new_result_layer(layer))
 
-        def cancelled() -> bool:
-            return progress.is_canceled
-
-        def work():
-            from ..automatic import GenerationCancelled, masks_to_labels
-            from ..embeddings import fingerprint
-            from ..predictor import embed_image
+        def work(job):
             from ..view import mask_indices
 
-            next_id = 1
-            for done, view in enumerate(views, start=1):
-                if cancelled():
-                    return None
-                image, where = read(view)
-                key = (fingerprint(image), where, model_id)
-                embedding = sam.embedding_for(key)
-                if embedding is None:  # computed here, and kept for the clicks to come
-                    embedding = embed_image(model, image)
-                    sam.cache.put(key, embedding)
-                try:
-                    records = generator.generate(image, embedding=embedding, cancelled=cancelled)
-                except GenerationCancelled:
-                    return None
-                plane = masks_to_labels(records, image.shape[:2])
-                found = plane > 0
-                indices = mask_indices(found, view.displayed, view.slice_index, ndim)
-                yield done, indices, plane[found] + (next_id - 1)
-                next_id += int(plane.max(initial=0))
-            return next_id - 1
+            running.append(job)
+            try:
+                for step in slices:
+                    found, view = step.labels > 0, step.view
+                    yield mask_indices(found, view.displayed, view.slice_index, ndim), \
+                        step.labels[found]  # fmt: skip
+                    job.report(step.index + 1)
+            except GenerationCancelled:
+                job.check()
 
         def write(step) -> None:
-            done, indices, values = step
+            indices, values = step
             result.data[indices] = values
             result.refresh()
-            progress.update(done - progress.n)
 
-        self._worker = start_worker(
-            work,
-            yielded=write,
-            returned=lambda count: self._finish(result, count),
-            errored=lambda error: self._fail(result, error),
-            finished=self._finished,
-        )
+        def finished() -> None:
+            if self.job is not None and self.job.cancelled:
+                self._discard(result)
+                sam.set_status("Segment everything cancelled.")
+            self.job = None
+            self.run_button.setEnabled(True)
+
+        self.job = sam.start_job(
+            work, "SAM: segment everything", len(views), yielded=write,
+            returned=lambda _: self._finish(result), errored=lambda e: self._fail(result, e),
+            finished=finished,
+        )  # fmt: skip
         self.run_button.setEnabled(False)
-        self.sam._set_status("Segmenting everything...")
+        sam.set_status("Segmenting everything...")
 
     def _new_result_layer(self, image_layer):
         from napari.layers import Labels
 
-        from .sam_widget import _transform_kwargs
-
-        shape = self.sam._spatial_shape(image_layer)
-        layer = Labels(np.zeros(shape, np.int32), name=f"{image_layer.name} everything",
-                       **_transform_kwargs(image_layer))  # fmt: skip
-        active = self.sam.viewer.layers.selection.active
-        self.sam.viewer.add_layer(layer)
-        if active is not None and active in self.sam.viewer.layers:
-            self.sam.viewer.layers.selection.active = active
-        return layer
+        shape = spatial_shape(image_layer)
+        return Labels(np.zeros(shape, np.int32), name=f"{image_layer.name} everything",
+                      **transform_kwargs(image_layer))  # fmt: skip
 
     def _discard(self, layer) -> None:
         if layer in self.sam.viewer.layers:
@@ -222,26 +189,14 @@ class SegmentEverythingPanel(QWidget):
 
     def _fail(self, layer, error: Exception) -> None:
         self._discard(layer)
-        self.sam._user_error(error)
+        self.sam.user_error(error)
 
-    def _finish(self, layer, count: int | None) -> None:
-        from .._messages import notify as _notify
-
-        if count is None:
-            self._discard(layer)
-            self.sam._set_status("Segment everything cancelled.")
-            return
+    def _finish(self, layer) -> None:
+        count = int(np.max(layer.data, initial=0))
         self.result_layer = layer
         # Clicks committed afterwards land in this layer, with ids above the automatic ones.
         self.sam.output_layer = layer
         if count == 0:
-            _notify("Segment everything found no objects; try lower thresholds under "
-                    "'advanced'.", "info")  # fmt: skip
-        self.sam._set_status(f"Segment everything: {count} objects.")
-
-    def _finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-        self._progress = None
-        self._worker = None
-        self.run_button.setEnabled(True)
+            notify("Segment everything found no objects; try lower thresholds under "
+                   "'advanced settings'.", "info")  # fmt: skip
+        self.sam.set_status(f"Segment everything: {count} objects.")

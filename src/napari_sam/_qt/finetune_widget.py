@@ -1,9 +1,10 @@
 """The "Fine-tune SAM" dock widget: train a model on the viewer's (image, labels) pairs.
 
-napari glue only: `napari_sam.training.finetuning.finetune` does the work (the same
-function `napari-sam finetune` calls). Training runs in a napari worker thread with a
-cancelable progress bar in the activity dock; it stops between steps when cancelled.
-The saved checkpoint is listed as a model choice of the "Segment Anything" widget.
+napari glue only: `napari_sam.training.data.gather_examples` cuts the pairs into 2D
+examples and `napari_sam.training.finetuning.finetune` trains (the function
+`napari-sam finetune` calls too). Training runs as a `Job` with a cancelable progress bar
+in the activity dock; a cancel stops it after the current step and saves nothing. The
+saved checkpoint is listed as a model choice of the "Segment Anything" widget.
 
 Held-out data: a deterministic 20 % (by default) of all labelled objects, over all
 pairs, is never trained on and measures single-click IoU as training goes; the best
@@ -15,38 +16,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QListWidget, QPushButton, QVBoxLayout
 
-from .._llvm_guard import hide_triton_if_llvm_is_loaded
-from .._messages import UserError as _UserError
-from .._messages import notify as _notify
-from .sam_widget import LOCAL_FILE, PREVIEW_NAME, device_choices, model_choices
-from ._workers import cleanup_at_exit, start_worker
+from ..training.data import LabelledStack, gather_examples
+from ._base import DockWidget, Job, JobCancelled, UserError, layers_of
+from ._choices import LOCAL_FILE, ask_checkpoint, device_choices, model_choices
+from ._layers import PREVIEW_NAME, layer_types
+from ._messages import notify
 
 if TYPE_CHECKING:
-    import napari
-
     from ..training.finetuning import FinetuneResult
 
 MAIN_WIDGET_MODEL = "(model in the Segment Anything widget)"
@@ -68,213 +54,167 @@ class LayerPair:
         where = "all slices" if self.slice_index is None else "2D"
         if self.slice_index:
             where = "slice " + ", ".join(f"{a}={i}" for a, i in self.slice_index.items())
-        return f"{self.image.name} + {self.labels.name} ({where})"
+        return f"{self.image.name!r} + {self.labels.name!r} ({where})"
 
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread."""
-
-    step = Signal(int, int, float, float)  # step, steps, loss, held-out IoU (nan: none)
-    stage = Signal(str)
+    def stack(self) -> LabelledStack:
+        """The layers' data now, as the Qt-free description of what to train on."""
+        image = self.image.data[0] if self.image.multiscale else self.image.data
+        return LabelledStack(
+            image,
+            self.labels.data,
+            rgb=self.image.rgb,
+            displayed=self.displayed,
+            slice_index=self.slice_index,
+            name=self.describe(),
+        )
 
 
 def main_widgets(viewer) -> list:
-    """The open "Segment Anything" widgets of `viewer`."""
-    from .sam_widget import SamWidget
+    """The "Segment Anything" widgets docked in `viewer`'s window."""
+    from .sam_widget import SamWidget  # not at module level: no import cycle, ever
 
     try:
         docked = list(viewer.window.dock_widgets.values())
     except AttributeError:  # a viewer without a window
         return []
-    return [w for w in docked if isinstance(w, SamWidget) and not w._closed]
+    return [widget for widget in docked if isinstance(widget, SamWidget)]
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(DockWidget):
     """Fine-tune SAM on the viewer's layers. Scripting:
 
     >>> widget = viewer.window.add_plugin_dock_widget("napari-sam-labeler", "Fine-tune SAM")[1]
     >>> widget.add_pair(image_layer, labels_layer, all_slices=True)
-    >>> widget.model_combo.setCurrentText("vit_b_lm")
-    >>> widget.out_edit.setText("mine.pt")
+    >>> widget.options.model.value = "vit_b_lm"      # or MAIN_WIDGET_MODEL, a checkpoint path
+    >>> widget.options.steps.value = 200
+    >>> widget.options.out_path.value = "mine.pt"
     >>> widget.start(wait=True).after_iou
+
+    `stepped(step, steps, loss, held-out IoU or nan)` is emitted after every step.
     """
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
-        hide_triton_if_llvm_is_loaded()  # napari's canvas may have loaded Mesa's libLLVM
-        self.viewer = napari_viewer
+    name = "Fine-tune SAM"
+    stepped = Signal(int, int, float, float)
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(napari_viewer, parent)
         self.pairs: list[LayerPair] = []
         self.result: FinetuneResult | None = None
-        self._worker = None
-        self._progress = None
-        self._stop = threading.Event()
-        self._connected: list[tuple[Any, Any]] = []
-        self._closed = False
+        self.job: Job | None = None  # the last run: `job.progress` is its bar
         self._checked = ""  # the last held-out IoU, shown in the status
-        self._relay = _Relay()
-        self._relay.step.connect(self._on_step)
-        self._relay.stage.connect(self._on_stage)
         self._build_ui()
+        self.stepped.connect(self._on_step)
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            emitter.connect(self._on_layers_changed)
-            self._connected.append((emitter, self._on_layers_changed))
-        self._refresh_layer_choices()
-        cleanup_at_exit(self)  # stop training before Python tears Qt down
-        alive = weakref.ref(self)  # a closed viewer deletes this widget without closeEvent
-        self.destroyed.connect(lambda *_: (widget := alive()) is not None and widget.cleanup())
+            self.connect_event(emitter, self._on_layers_changed)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.slices_combo = QComboBox()
-        self.slices_combo.addItems([CURRENT_SLICE, ALL_SLICES])
-        self.slices_combo.setToolTip(
-            "nD data: train on the slice on screen, or on every labelled 2D slice"
+        image_type, labels_type, *_ = layer_types()
+        self.layers_form = Container(
+            widgets=[
+                ComboBox(name="image_layer", label="Image", choices=self._names(image_type)),
+                ComboBox(name="labels_layer", label="Labels", choices=self._names(labels_type)),
+                ComboBox(
+                    name="slices",
+                    label="Slices",
+                    choices=[CURRENT_SLICE, ALL_SLICES],
+                    tooltip="nD data: train on the slice on screen, or on every labelled slice",
+                ),
+            ]
         )
-        form.addRow("Image", self.image_combo)
-        form.addRow("Labels", self.labels_combo)
-        form.addRow("Slices", self.slices_combo)
-        layout.addLayout(form)
-
-        pair_buttons = QHBoxLayout()
+        self.options = Container(
+            widgets=[
+                ComboBox(name="model", label="Start from", choices=self._model_choices),
+                ComboBox(name="device", label="Device", choices=device_choices()),
+                ComboBox(
+                    name="mode",
+                    label="Train",
+                    choices=[DECODER_ONLY, FULL],
+                    tooltip="Decoder only: the image encoder stays fixed (fast, works on a "
+                    "CPU). Full: the image encoder trains too (needs a GPU for real models).",
+                ),
+                SpinBox(name="steps", label="Steps", min=1, max=1_000_000, value=100),
+                SpinBox(
+                    name="held_out",
+                    label="Held out (%)",
+                    min=0,
+                    max=90,
+                    value=20,
+                    tooltip="Share of the labelled objects never trained on; they measure "
+                    "single-click IoU before and after",
+                ),
+                FileEdit(name="out_path", label="Save to", mode="w", filter="*.pt", nullable=True),
+            ]
+        )
+        self.options.out_path.line_edit.native.setPlaceholderText(
+            "(a new file in the model cache folder)"
+        )
         self.add_button = QPushButton("Add pair")
         self.add_button.clicked.connect(self._on_add_clicked)
         self.remove_button = QPushButton("Remove")
         self.remove_button.clicked.connect(self._on_remove_clicked)
-        pair_buttons.addWidget(self.add_button)
-        pair_buttons.addWidget(self.remove_button)
-        layout.addLayout(pair_buttons)
         self.pair_list = QListWidget()
         self.pair_list.setToolTip("Training pairs; empty = the image and labels chosen above")
         self.pair_list.setMaximumHeight(90)
-        layout.addWidget(self.pair_list)
-
-        form = QFormLayout()
-        self.model_combo = QComboBox()
-        self.fill_model_choices()
-        form.addRow("Start from", self.model_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(device_choices())
-        form.addRow("Device", self.device_combo)
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems([DECODER_ONLY, FULL])
-        self.mode_combo.setToolTip(
-            "Decoder only: the image encoder stays fixed (fast, works on a CPU). "
-            "Full: the image encoder trains too (needs a GPU for real models)."
-        )
-        form.addRow("Train", self.mode_combo)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(100)
-        form.addRow("Steps", self.steps_spin)
-        self.holdout_spin = QSpinBox()
-        self.holdout_spin.setRange(0, 90)
-        self.holdout_spin.setValue(20)
-        self.holdout_spin.setSuffix(" %")
-        self.holdout_spin.setToolTip(
-            "Share of the labelled objects never trained on; they measure single-click "
-            "IoU before and after"
-        )
-        form.addRow("Held out", self.holdout_spin)
-        out_row = QHBoxLayout()
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("(a new file in the model cache folder)")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._on_browse)
-        out_row.addWidget(self.out_edit, 1)
-        out_row.addWidget(browse)
-        form.addRow("Save to", out_row)
-        layout.addLayout(form)
-
-        actions = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(lambda: self.start(wait=False))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        actions.addWidget(self.run_button)
-        actions.addWidget(self.cancel_button)
-        layout.addLayout(actions)
-        self.status_label = QLabel("Add (image, labels) pairs, pick a model, fine-tune.")
-        self.status_label.setWordWrap(True)
+        self.set_status("Add (image, labels) pairs, pick a model, fine-tune.")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.layers_form.native)
+        layout.addLayout(_row(self.add_button, self.remove_button))
+        layout.addWidget(self.pair_list)
+        layout.addWidget(self.options.native)
+        layout.addLayout(_row(self.run_button, self.cancel_button))
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
-    def fill_model_choices(self) -> None:
-        """Model choices: the one loaded in the main widget, the zoo, fine-tuned ones."""
-        current = self.model_combo.currentData()
-        self.model_combo.clear()
-        self.model_combo.addItem(MAIN_WIDGET_MODEL, MAIN_WIDGET_MODEL)
-        for label, data in model_choices(marked=False):
-            self.model_combo.addItem(label, data)
-        index = self.model_combo.findData(current)
-        self.model_combo.setCurrentIndex(max(index, 0))
+    def _names(self, kind):
+        # The Segment Anything widget's preview is never training data.
+        return lambda _widget: [
+            layer.name for layer in layers_of(self.viewer, kind) if layer.name != PREVIEW_NAME
+        ]
 
-    def _set_status(self, text: str) -> None:
-        if not self._closed:
-            self.status_label.setText(text)
+    @staticmethod
+    def _model_choices(_widget=None) -> list[tuple[str, str]]:
+        return [(MAIN_WIDGET_MODEL, MAIN_WIDGET_MODEL), *model_choices(marked=False)]
 
-    def _on_browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model", "", "*.pt")
-        if path:
-            self.out_edit.setText(path if Path(path).suffix else path + ".pt")
+    def refresh_model_choices(self, select: str | None = None) -> None:
+        """Re-read the model choices (the zoo, fine-tuned checkpoints); choose the one
+        whose value is `select` when given, else keep the current one."""
+        combo = self.options.model
+        combo.reset_choices()
+        if select is not None and select in [value for _label, value in self._model_choices()]:
+            combo.value = select
 
-    # ------------------------------------------------------------------ layers
-    def _layers_of(self, kind) -> list:
-        return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
-
-    def _refresh_layer_choices(self) -> None:
-        from napari.layers import Image, Labels
-
-        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
-            current = combo.currentText()
-            combo.clear()
-            # The Segment Anything widget's preview is never training data.
-            names = [layer.name for layer in self._layers_of(kind) if layer.name != PREVIEW_NAME]
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-
-    def _on_layers_changed(self, event=None) -> None:
-        if self._closed:
-            return
+    # ------------------------------------------------------------------ pairs
+    def _on_layers_changed(self, _event=None) -> None:
         layers = self.viewer.layers
         kept = [p for p in self.pairs if p.image in layers and p.labels in layers]
         if len(kept) != len(self.pairs):
-            self.pairs = kept
+            self.pairs[:] = kept
             self._refresh_pair_list()
-        self._refresh_layer_choices()
+        self.layers_form.reset_choices()
 
     def _refresh_pair_list(self) -> None:
         self.pair_list.clear()
         self.pair_list.addItems([pair.describe() for pair in self.pairs])
 
     def _chosen_layers(self):
-        image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
-        if not image_name or not labels_name:
-            raise _UserError("Add an image layer and a Labels layer drawn on it first.")
-        return self.viewer.layers[image_name], self.viewer.layers[labels_name]
+        image, labels = self.layers_form.image_layer.value, self.layers_form.labels_layer.value
+        if not image or not labels:
+            raise UserError("Add an image layer and a Labels layer drawn on it first.")
+        return self.viewer.layers[image], self.viewer.layers[labels]
 
     def _pair(self, image, labels, all_slices: bool) -> LayerPair:
-        from ..training.data import check_labels
-
-        try:  # before anything else: colour-coded labels also differ in ndim
-            check_labels(labels.data, ndim=None, name=f"The Labels layer {labels.name!r}")
-        except ValueError as error:
-            raise _UserError(str(error)) from None
-        if image.ndim != labels.ndim:
-            raise _UserError(
-                f"{image.name!r} is {image.ndim}D but {labels.name!r} is {labels.ndim}D: "
-                "pick the labels drawn on this image."
-            )
         dims = self.viewer.dims
         offset = dims.ndim - image.ndim
         displayed = tuple(axis - offset for axis in dims.displayed[-2:] if axis - offset >= 0)
         if len(displayed) != 2:
-            raise _UserError("The image layer needs two displayed axes (use the 2D view).")
+            raise UserError("The image layer needs two displayed axes (use the 2D view).")
         slice_index: dict[int, int] | None = None
         if not all_slices:
             position = image.world_to_data(dims.point)
@@ -284,17 +224,23 @@ class FinetuneWidget(QWidget):
                 for axis in range(image.ndim)
                 if axis not in displayed
             }
-        return LayerPair(image, labels, displayed, slice_index)
+        pair = LayerPair(image, labels, displayed, slice_index)
+        try:  # labels that are no id images, or not drawn on this image: said now
+            pair.stack().check()
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        return pair
 
     def add_pair(self, image=None, labels=None, all_slices: bool | None = None) -> LayerPair:
         """Add a training pair: by default the layers and the slice mode chosen in the
-        widget. "Current slice" takes the slice on screen now."""
+        widget. "Current slice" takes the slice on screen now. Raises `UserError` for
+        labels that are not integer id images of the image's shape."""
         if image is None or labels is None:
             chosen = self._chosen_layers()
             image = chosen[0] if image is None else image
             labels = chosen[1] if labels is None else labels
         if all_slices is None:
-            all_slices = self.slices_combo.currentText() == ALL_SLICES
+            all_slices = self.layers_form.slices.value == ALL_SLICES
         pair = self._pair(image, labels, all_slices)
         self.pairs.append(pair)
         self._refresh_pair_list()
@@ -303,8 +249,8 @@ class FinetuneWidget(QWidget):
     def _on_add_clicked(self) -> None:
         try:
             self.add_pair()
-        except _UserError as error:
-            _notify(str(error), "warning")
+        except UserError as error:
+            self.user_error(error)
 
     def _on_remove_clicked(self) -> None:
         row = self.pair_list.currentRow()
@@ -313,228 +259,165 @@ class FinetuneWidget(QWidget):
             self._refresh_pair_list()
 
     def training_data(self) -> list:
-        """The 2D examples of all pairs (copies, so that painting during training does
-        not change them); the layers chosen above when no pair was added."""
-        from ..training.data import LabelledImage
-        from ..training.finetuning import labelled_slices
-
-        pairs = self.pairs or [self._pair(*self._chosen_layers(), self._all_slices())]
-        items = []
-        for pair in pairs:
-            image = pair.image.data[0] if pair.image.multiscale else pair.image.data
-            try:
-                found = labelled_slices(
-                    image,
-                    pair.labels.data,
-                    pair.displayed,
-                    pair.slice_index,
-                    rgb=pair.image.rgb,
-                )
-            except (ValueError, IndexError) as error:
-                raise _UserError(f"{pair.describe()}: {error}") from None
-            items += [
-                LabelledImage(np.array(item.image), [np.array(lv) for lv in item.levels])
-                for item in found
-            ]
-        if not items:
-            raise _UserError("The chosen labels are empty: paint some objects first.")
-        return items
-
-    def _all_slices(self) -> bool:
-        return self.slices_combo.currentText() == ALL_SLICES
+        """The 2D examples (`LabelledImage`) of all pairs, copied, so that painting
+        during training changes nothing; the layers chosen above when no pair was added.
+        Raises `UserError` for refused or empty labels."""
+        all_slices = self.layers_form.slices.value == ALL_SLICES
+        pairs = self.pairs or [self._pair(*self._chosen_layers(), all_slices)]
+        try:
+            return gather_examples(pair.stack() for pair in pairs)
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
     # ------------------------------------------------------------------ running
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
     def _model_source(self):
         """(a callable returning the starting model, a name for it), checked now."""
-        choice = self.model_combo.currentData()
-        full = self.mode_combo.currentText() == FULL
+        choice = self.options.model.value
         if choice == MAIN_WIDGET_MODEL:
             loaded = [w for w in main_widgets(self.viewer) if w.model is not None]
             if not loaded:
-                raise _UserError(
+                raise UserError(
                     "No model is loaded in the Segment Anything widget: load one there, or "
                     "pick a model to start from here."
                 )
-            model, name = loaded[0].model, loaded[0]._model_name or "model"
+            model = loaded[0].model
+            name = getattr(loaded[0], "model_name", "") or "model"
             # A copy: the main widget keeps segmenting with the original meanwhile.
             return (lambda: copy.deepcopy(model)), name
         if choice == LOCAL_FILE:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt *.ckpt);;All (*)"
-            )
-            if not path:
-                raise _UserError("No checkpoint chosen.")
-            choice = path
-        device = self.device_combo.currentText()
+            choice = ask_checkpoint(self)
+            if choice is None:
+                raise UserError("No checkpoint chosen.")
+        device = self.options.device.value
+        dtype = "float32" if self.options.mode.value == FULL else "auto"
 
         def load():
             from ..zoo import load_model
 
-            return load_model(
-                choice, device=device, dtype="float32" if full else "auto", progress=False
-            )
+            return load_model(choice, device=device, dtype=dtype, progress=False)
 
         return load, Path(choice).stem if ("/" in choice or "\\" in choice) else choice
 
     def _out_path(self, base: str) -> Path:
-        text = self.out_edit.text().strip()
-        if text:
-            return Path(text).expanduser()
-        from ..zoo import cache_dir
+        """Where to save: the path given (".pt" added when it has no suffix), else a new
+        file in the cache (each run its own; the status says where). Raises `UserError`
+        for a file that exists: never overwritten."""
+        path = self.options.out_path.value
+        if path is None:
+            from ..zoo import cache_dir
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = cache_dir() / "finetuned" / f"{Path(base).stem}-finetuned-{stamp}.pt"
-        self.out_edit.setText(str(path))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = cache_dir() / "finetuned" / f"{Path(base).stem}-finetuned-{stamp}.pt"
+        path = Path(path).expanduser()
+        path = path if path.suffix else path.with_suffix(".pt")
+        if path.exists():
+            raise UserError(f"{path} exists: choose a new file name to save to, or delete it.")
         return path
 
     def start(self, wait: bool = False, timeout: float | None = None):
         """Start fine-tuning in a worker thread; `wait=True` returns its `FinetuneResult`
-        (None when it failed: the error is shown as a notification)."""
-        if self._worker is not None:
-            _notify("Fine-tuning is already running; cancel it first.", "warning")
+        (None when it failed: the error is in the status and a notification)."""
+        if self.busy:
+            self.user_error("Fine-tuning is already running; cancel it first.")
             return None
         try:
             items = self.training_data()
             load, base = self._model_source()
-        except _UserError as error:
-            self._set_status(str(error))
-            _notify(str(error), "warning")
+            out_path = self._out_path(base)
+        except UserError as error:
+            self.user_error(error)
             return None
-        self._launch(items, load, base)
+        self._launch(items, load, base, out_path)
         if wait:
             self.wait(timeout)
             return self.result
         return None
 
-    def _launch(self, items, load, base: str) -> None:
-        from napari.utils import cancelable_progress
-
+    def _launch(self, items, load, base: str, out_path: Path) -> None:
         from ..training.finetuning import finetune
 
-        steps = self.steps_spin.value()
-        decoder_only = self.mode_combo.currentText() != FULL
-        holdout = self.holdout_spin.value() / 100
-        out_path = self._out_path(base)
+        steps = self.options.steps.value
+        decoder_only = self.options.mode.value != FULL
+        holdout = self.options.held_out.value / 100
         self.result = None
         self._checked = ""
-        self._stop.clear()
-        self._progress = cancelable_progress(
-            total=steps, desc="SAM fine-tune: loading the model", cancel_callback=self.cancel
-        )
-        relay, stop = self._relay, self._stop
+        outcome: dict[str, FinetuneResult] = {}  # a cancelled run's result counts too
 
-        def progress(step: int, total: int, stats: dict) -> None:
-            loss, iou = (float(stats.get(key, math.nan)) for key in ("loss", "held_out_iou"))
-            relay.step.emit(step, total, loss, iou)
-
-        def work():
+        def work(job: Job) -> None:
+            job.set_description("SAM fine-tune: loading the model")
             model = load()
-            relay.stage.emit("evaluating")
-            return finetune(
+            job.set_description("SAM fine-tune: evaluating")
+
+            def progress(step: int, total: int, stats: dict) -> None:
+                loss, iou = (float(stats.get(key, math.nan)) for key in ("loss", "held_out_iou"))
+                with contextlib.suppress(RuntimeError):  # the widget was deleted
+                    self.stepped.emit(step, total, loss, iou)
+                if step == 1:
+                    job.set_description("SAM fine-tune: training")
+                with contextlib.suppress(JobCancelled):  # finetune stops at should_stop
+                    job.report(step, total)
+
+            outcome["result"] = finetune(
                 model,
                 items,
                 steps=steps,
                 decoder_only=decoder_only,
                 out_path=out_path,
                 progress=progress,
-                should_stop=stop.is_set,
+                should_stop=lambda: job.cancelled,
                 holdout=holdout,
                 metadata={"base_model": base},
-                warn=False,  # the widget says it (see _on_returned)
+                warn=False,  # the widget says it (see _on_finished)
             )
 
-        self._worker = start_worker(
-            work, returned=self._on_returned, errored=self._on_error, finished=self._on_finished
+        self.job = self.start_job(
+            work,
+            "SAM fine-tune: loading the model",
+            steps,
+            errored=lambda error: self.failure("Fine-tuning", error),
+            finished=lambda: self._on_finished(outcome.get("result")),
         )
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         examples = f"{len(items)} 2D example{'s' * (len(items) != 1)}"
-        self._set_status(f"Fine-tuning {base} on {examples} for {steps} steps...")
-
-    def _on_stage(self, stage: str) -> None:
-        if self._progress is not None:
-            self._progress.set_description(f"SAM fine-tune: {stage}")
+        self.set_status(f"Fine-tuning {base} on {examples} for {steps} steps...")
 
     def _on_step(self, step: int, total: int, loss: float, iou: float) -> None:
-        pbar = self._progress
-        if pbar is None or self.result is not None:  # a late signal: the run is over
+        if not self.busy:  # a late signal: the run is over, its outcome is shown
             return
         if not math.isnan(iou):
             self._checked = f", held-out IoU {iou:.3f} at step {step}"
-        # Status first: updating the progress bar can process pending events (the end of
-        # the run among them), whose status must win.
-        self._set_status(f"Step {step}/{total}, loss {loss:.3f}{self._checked}")
-        if pbar.desc != "SAM fine-tune: training":
-            pbar.set_description("SAM fine-tune: training")
-        pbar.update(step - pbar.n)
+        self.set_status(f"Step {step}/{total}, loss {loss:.3f}{self._checked}")
 
-    def _on_returned(self, result) -> None:
-        self.result = result
-        if result.cancelled:
-            self._set_status(
-                f"Cancelled after {result.steps_done} of {result.steps} steps; nothing saved."
-            )
-            return
-
-        text = f"{result.summary()} It is now a model choice of Segment Anything."
-        level = "info" if result.improved else "warning"
-        self._set_status(text)
-        _notify(f"Fine-tune SAM: {text}", level)
-        self.fill_model_choices()
-        for widget in main_widgets(self.viewer):
-            widget.refresh_model_choices(select=str(result.path))
-
-    def _on_error(self, error: Exception) -> None:
-        self._set_status(f"Fine-tuning failed: {error}")
-        _notify(f"Fine-tune SAM: {error}", "error")
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-        self._progress = None
-        self._worker = None
+    def _on_finished(self, result: FinetuneResult | None) -> None:
         if not self._closed:
             self.run_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
+        if result is None:  # failed: `failure` said why
+            return
+        self.result = result
+        if result.cancelled:
+            self.set_status(
+                f"Cancelled after {result.steps_done} of {result.steps} steps; nothing saved."
+            )
+            return
+        text = f"{result.summary()} It is now a model choice of Segment Anything."
+        self.set_status(text)
+        notify(f"{self.name}: {text}", "info" if result.improved else "warning")
+        if not self._closed:
+            self.refresh_model_choices()
+        for widget in main_widgets(self.viewer):
+            widget.refresh_model_choices(select=str(result.path))
 
     def cancel(self) -> None:
         """Stop fine-tuning after the current step; nothing is saved."""
-        if self._worker is not None:
-            self._stop.set()
-            self._set_status("Cancelling after the current step...")
+        if self.busy:
+            super().cancel()
+            self.set_status("Cancelling after the current step...")
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Process events until the run is over (for scripts and tests)."""
-        from qtpy.QtWidgets import QApplication
 
-        start = time.perf_counter()
-        while self._worker is not None:
-            QApplication.processEvents()
-            time.sleep(0.005)
-            if timeout is not None and time.perf_counter() - start > timeout:
-                raise TimeoutError("Fine-tune SAM: timed out waiting for the worker.")
-        QApplication.processEvents()
-
-    # ------------------------------------------------------------------ lifetime
-    def cleanup(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.cancel()
-        for emitter, callback in self._connected:
-            with contextlib.suppress(TypeError, ValueError, RuntimeError):
-                emitter.disconnect(callback)
-        self._connected.clear()
-
-    def closeEvent(self, event) -> None:
-        self.cleanup()
-        super().closeEvent(event)
-
-    def event(self, event) -> bool:
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.cleanup()
-        return super().event(event)
+def _row(*buttons) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for button in buttons:
+        row.addWidget(button)
+    return row

@@ -8,26 +8,33 @@ picker, status). The decoder (milliseconds) runs in the GUI thread on every prom
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import QTimer
 
 from ..embeddings import EmbeddingCache
-from ..interactive.commit import CommitError, unwritable_reason
-from ..interactive.session import AnnotationSession, make_view_reader
+from ..interactive.embedded_view import make_view_reader
+from ..interactive.session import AnnotationSession
 from ..view import ViewSpec
 from ._base import DockWidget, UserError
 from ._choices import LOCAL_FILE, ask_checkpoint, device_choices, fill_combo, model_choices
-from ._layers import add_quietly, data_to_world, describe_frame, layer_types, same_layer
-from ._layers import transform_kwargs
-from ._messages import notify
+from ._layers import (
+    add_quietly,
+    layer_types,
+    same_layer,
+    spatial_shape,
+    transform_kwargs,
+    view_on_screen,
+)
+from .commit_to_layer import commit_to_layer
+from .encoder import Encoder
 from .keys import KeyBindings
 from .model_loader import ModelLoader
+from .picker import CandidatePicker
 from .preview import Preview
 from .prompt_layers import PromptLayers
-from .sam_controls import NEW_LAYER, build_controls, show_candidate_buttons
+from .sam_controls import build_controls, show_channels_row, view_options
 
 if TYPE_CHECKING:
     import napari
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["SamWidget"]
 
 
-class SamWidget(DockWidget):
+class SamWidget(CandidatePicker, DockWidget):
     """Segment Anything in napari. Scripting:
 
     >>> widget = viewer.window.add_plugin_dock_widget("napari-sam-labeler", "Segment Anything")[1]
@@ -54,12 +61,11 @@ class SamWidget(DockWidget):
         self.loader = ModelLoader(self, self._use_model)
         self.prompts = PromptLayers(self.viewer, self.update_prediction, self._on_polarity)
         self.preview = Preview(self.viewer)
+        self.encoder = Encoder(self, self.session, self.schedule_update)
         self.model_name = ""
         self.last_decode_seconds = 0.0
         self._image_layer = None
         self._output_layer = None
-        self._encode_job = None
-        self._encode_id = None
         self._prediction_view: ViewSpec | None = None
         self._prediction_point: tuple[float, ...] = ()  # viewer.dims.point of that view
         self._prompt_indices = (np.zeros(0, np.intp), np.zeros(0, np.intp))  # in the layers
@@ -67,7 +73,7 @@ class SamWidget(DockWidget):
         build_controls(self)
         self.refresh_model_choices()
         fill_combo(self.device_combo, [(d, d) for d in device_choices()], "auto")
-        self._show_channels_row(None)
+        show_channels_row(self, None)
         self.connect_event(self.viewer.layers.events.inserted, self._on_layer_inserted)
         self.connect_event(self.viewer.layers.events.removed, self._on_layer_removed)
         self.connect_event(self.viewer.layers.selection.events.active, self._on_active_layer)
@@ -114,7 +120,7 @@ class SamWidget(DockWidget):
         layer = event.value
         if same_layer(layer, self._image_layer):
             self._image_layer = None
-            self._cancel_encoding()
+            self.encoder.cancel()
             self._reset_prediction()
             images = [la for la in self.viewer.layers if isinstance(la, layer_types()[0])]
             if images:
@@ -157,7 +163,7 @@ class SamWidget(DockWidget):
     @image_layer.setter
     def image_layer(self, layer) -> None:
         self._image_layer = layer
-        self._show_channels_row(layer)
+        show_channels_row(self, layer)
         self.session.forget_pixels()
         self._reset_prediction()
         self._refresh_layer_choices()
@@ -172,12 +178,6 @@ class SamWidget(DockWidget):
         self.session.forget_pixels()
         self.schedule_update()
 
-    @staticmethod
-    def spatial_shape(layer) -> tuple[int, ...]:
-        """The shape of a layer's data without its RGB(A) axis (level 0 of a pyramid)."""
-        shape = tuple((layer.data[0] if layer.multiscale else layer.data).shape)
-        return shape[:-1] if layer.rgb else shape
-
     def _ensure_prompt_layers(self) -> None:
         """Make the prompt layers when missing (or made for an image of other ndim)."""
         image = self._image_layer
@@ -191,7 +191,7 @@ class SamWidget(DockWidget):
             self.viewer.layers.selection.active = active
         # Made with the prompt layers (about 0.2 s of the GUI thread): not on the first
         # click, which should show its mask at once, nor while an embedding is computed.
-        self.preview.ensure(image, self.spatial_shape(image))
+        self.preview.ensure(image, spatial_shape(image))
         self._refresh_layer_choices()
 
     @property
@@ -266,7 +266,7 @@ class SamWidget(DockWidget):
         return self.model
 
     def _use_model(self, model, name: str) -> None:
-        self._cancel_encoding()
+        self.encoder.cancel()
         self.session.set_model(model)
         self.model_name = name
         self._reset_prediction()
@@ -299,44 +299,12 @@ class SamWidget(DockWidget):
     def current_view(self, layer=None) -> ViewSpec:
         """The 2D view of `layer` (default: the image) on screen: its displayed data axes
         and the index of every other axis. Raises UserError in the 3D view."""
-        layer = self._image_layer if layer is None else layer
-        dims = self.viewer.dims
-        if dims.ndisplay != 2:
-            raise UserError("Segment Anything works in the 2D view; switch the viewer to 2D.")
-        offset = dims.ndim - layer.ndim
-        displayed = [axis - offset for axis in dims.displayed if axis - offset >= 0]
-        if len(displayed) != 2:
-            raise UserError("The image layer must have two displayed axes.")
-        position = layer.world_to_data(dims.point)
-        shape = self.spatial_shape(layer)
-        # The channel axis gets its slider position too: extract_view ignores it when
-        # channels are picked, and commits land at that position of the labels.
-        index = {axis: int(np.clip(np.round(position[axis]), 0, shape[axis] - 1))
-                 for axis in range(len(shape)) if axis not in displayed}  # fmt: skip
-        return ViewSpec(displayed, index)
-
-    def _show_channels_row(self, layer) -> None:
-        """Channels exist only in gray nD data (an axis may hold them), not in 2D or RGB."""
-        shown = layer is not None and not layer.rgb and layer.ndim >= 3
-        self.channels_row.setVisible(shown)
-        label = self.form.labelForField(self.channels_row)
-        if label is not None:
-            label.setVisible(shown)
+        return view_on_screen(self.viewer, self._image_layer if layer is None else layer)
 
     def view_options(self) -> dict:
         """How the image's views are read: rgb, channel_axis, channels (see
         `napari_sam.view.extract_view`). Raises UserError for a bad channel choice."""
-        layer, axis = self._image_layer, self.channel_axis_spin.value()
-        text = self.channels_edit.text().strip()
-        if self.channels_row.isHidden() or axis < 0 or layer.rgb or not text:
-            return {"rgb": layer.rgb, "channel_axis": None, "channels": None}
-        if axis >= layer.ndim:
-            raise UserError(f"Channel axis {axis} does not exist in a {layer.ndim}D layer.")
-        try:
-            channels = [int(part) for part in text.replace(" ", ",").split(",") if part]
-        except ValueError:
-            raise UserError(f"Channels must be numbers such as 0,1,2; got {text!r}.") from None
-        return {"rgb": False, "channel_axis": axis, "channels": channels}
+        return view_options(self, self._image_layer)
 
     def view_reader(self):
         """A function `read(view) -> (pixels, where)` for the image with the channel
@@ -380,49 +348,13 @@ class SamWidget(DockWidget):
                 return False
             self._sync_session()
             if not self.session.has_embedding:
-                self._start_encoding()
+                self.encoder.start(self.view_options())
                 if wait:
-                    self.wait_for(lambda: self._encode_job is None)
+                    self.wait_for(lambda: not self.encoder.busy)
             return self.session.has_embedding
         except UserError as error:
             self.user_error(error)
             return False
-
-    def _start_encoding(self) -> None:
-        session = self.session
-        job_id = (session.embedding_key() or "lazy", session.view, repr(self.view_options()))
-        if self._encode_job is not None and job_id == self._encode_id:
-            return  # this view is being embedded already
-        self._cancel_encoding()
-        embed = session.embedding_job()
-        depth = len(getattr(self.model.image_encoder, "blocks", ())) or 1
-        started = time.perf_counter()
-
-        def work(job):
-            return embed(lambda done, _total: job.report(done))
-
-        def returned(result) -> None:
-            if self.session.store_embedding(result):
-                self.set_status(f"Embedding ready ({time.perf_counter() - started:.1f} s).")
-                self.schedule_update()
-
-        def finished() -> None:
-            if self._encode_job is job:
-                self._encode_job = None
-                if job.cancelled:
-                    self.set_status("Embedding cancelled.")
-            self.update_busy()
-
-        job = self.start_job(work, "SAM: embedding image", depth, returned=returned,
-                             errored=lambda e: self.failure("Embedding", e), finished=finished)  # fmt: skip
-        self._encode_job, self._encode_id = job, job_id
-        self.update_busy()
-        self.set_status("Computing the image embedding...")
-
-    def _cancel_encoding(self) -> None:
-        if self._encode_job is not None:
-            self._encode_job.cancel()
-        self._encode_job = None
 
     def segment_everything(self, wait: bool = True):
         """Automatic masks for the view on screen (or every slice, with the panel's
@@ -467,7 +399,7 @@ class SamWidget(DockWidget):
             self._reset_prediction()
             return
         if not self.session.has_embedding:
-            self._start_encoding()
+            self.encoder.start(self.view_options())
             return
         candidates = self.session.candidates
         self.last_decode_seconds = self.session.last_decode_seconds
@@ -475,8 +407,9 @@ class SamWidget(DockWidget):
         if self.session.one_object_per_box and len(boxes.boxes):
             self.set_status(f"{len(candidates)} objects, one per box: commit to keep them all.")
         elif len(boxes.boxes) > 1:
-            self.set_status("Several boxes: the last one is used (tick 'one object per box' "
-                            "for all).")
+            self.set_status(
+                "Several boxes: the last one is used (tick 'one object per box' for all)."
+            )
         else:
             self._show_choice()
         self._show_candidates()
@@ -485,66 +418,6 @@ class SamWidget(DockWidget):
         self._prediction_view = None
         self.session.clear()
         self._show_candidates()
-
-    def _show_candidates(self) -> None:
-        if self.closed:
-            return
-        session = self.session
-        decoded = session.decoded and self._prediction_view is not None
-        candidates = session.candidates if decoded else []
-        selected = session.selected_index if decoded else -1
-        show_candidate_buttons(self, [c.name for c in candidates], [c.iou for c in candidates],
-                               selected)  # fmt: skip
-        if self._image_layer is not None and self.preview.layer is not None:
-            self.preview.show(session.commit_masks() if decoded else [], self._prediction_view)
-
-    def _show_choice(self) -> None:
-        chosen = self.session.selected
-        if chosen is not None:
-            self.set_status(f"{chosen.name}: predicted IoU {chosen.iou:.2f}, {chosen.area} px.")
-
-    @property
-    def candidates(self) -> list:
-        """The current candidates (name, mask, predicted IoU), largest first; in
-        "one object per box" mode, one per box. Empty while the embedding is computed."""
-        ready = self.session.decoded and self._prediction_view is not None
-        return self.session.candidates if ready else []
-
-    @property
-    def selected(self):
-        """The chosen candidate (None when there is none, or one object per box)."""
-        return self.session.selected if self.candidates else None
-
-    def select(self, which: str | int):
-        """Choose a candidate: "whole", "part", "subpart" or an index."""
-        if not self.candidates:
-            raise UserError("There are no candidates: add a prompt first.")
-        try:
-            chosen = self.session.select(which)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        self._show_choice()
-        self._show_candidates()
-        return chosen
-
-    def _select_if_there(self, name: str) -> None:
-        if any(c.name == name for c in self.candidates):
-            self.select(name)
-
-    def select_whole(self) -> None:
-        self._select_if_there("whole")
-
-    def select_part(self) -> None:
-        self._select_if_there("part")
-
-    def select_subpart(self) -> None:
-        self._select_if_there("subpart")
-
-    def next_candidate(self) -> None:
-        if self.selected is not None:
-            self.session.next_candidate()
-            self._show_choice()
-            self._show_candidates()
 
     # -- commit / clear ---------------------------------------------------------------------
     @property
@@ -564,7 +437,7 @@ class SamWidget(DockWidget):
             from napari.layers import Labels
 
             image = self._image_layer
-            layer = Labels(np.zeros(self.spatial_shape(image), np.int32),
+            layer = Labels(np.zeros(spatial_shape(image), np.int32),
                            name=f"{image.name} labels", **transform_kwargs(image))  # fmt: skip
             self._output_layer = add_quietly(self.viewer, layer)
             self._refresh_layer_choices()
@@ -588,34 +461,9 @@ class SamWidget(DockWidget):
     def _commit(self) -> list[int]:
         if not self.candidates:
             raise UserError("Nothing to commit: click on an object first.")
-        existing = self.output_layer
-        reason = None if existing is None else unwritable_reason(existing.data, existing.multiscale)
-        if reason is not None:
-            raise UserError(
-                f"The output layer {existing.name!r} {reason}. Choose {NEW_LAYER} as Output, "
-                "or load it into memory first: layer.data = np.array(layer.data) (for a "
-                "pyramid, layer.data[0])."
-            )
-        layer, image = self._ensure_output(), self._image_layer
-        try:
-            plan = self.session.plan_commit(
-                layer.data, self.overwrite_check.isChecked(), image_to_world=data_to_world(image),
-                labels_to_world=data_to_world(layer), world_point=self._prediction_point,
-            )  # fmt: skip
-        except CommitError as error:
-            frames = f"image {describe_frame(image)}; output {describe_frame(layer)}"
-            raise UserError(f"{error} ({frames})") from None
-        with layer.block_history():
-            for indices, label_id in plan.writes:
-                layer.data_setitem(indices, label_id)
-        ids = plan.ids
-        if not ids:
-            why = ("lies outside the output layer" if plan.outside else "is empty"
-                   if not any(m.any() for m in self.session.commit_masks()) else
-                   "lies entirely on existing labels (tick 'overwrite' to replace them)")  # fmt: skip
-            notify(f"Segment Anything: the mask {why}; nothing written.", "warning")
-        else:
-            layer.selected_label = ids[-1]
+        ids = commit_to_layer(self.session, self._image_layer, self.output_layer,
+                              self._ensure_output, self.overwrite_check.isChecked(),
+                              self._prediction_point)  # fmt: skip
         points, boxes = self.session.used_prompts
         used = (self._prompt_indices[0][points], self._prompt_indices[1][boxes])
         self._reset_prediction()

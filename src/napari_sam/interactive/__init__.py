@@ -10,7 +10,8 @@ from .candidates import (
     rank_candidates,
 )
 from .commit import CommitError, CommitPlan, plan_commit
-from .session import AnnotationSession, EmbeddingResult
+from .embedded_view import EmbeddingResult, make_view_reader
+from .session import AnnotationSession
 
 __all__ = [
     "CANDIDATE_NAMES",
@@ -21,6 +22,7 @@ __all__ = [
     "EmbeddingResult",
     "PromptSet",
     "best_index",
+    "make_view_reader",
     "plan_commit",
     "prompts_grew",
     "rank_candidates",

@@ -24,15 +24,24 @@ __all__ = [
 CANDIDATE_NAMES = ("whole", "part", "subpart")
 
 
-@dataclass(frozen=True)
 class Candidate:
     """One candidate mask: its name, the (H, W) bool mask, the predicted IoU, and the
-    low-res logits it came from (to refine a later prediction)."""
+    low-res logits it came from (to refine a later prediction). `mask` may be given as a
+    function that makes it: it is then made on first access (most candidates are never
+    shown, and upscaling is a large part of a click)."""
 
-    name: str
-    mask: np.ndarray
-    iou: float
-    logits: np.ndarray
+    __slots__ = ("_make_mask", "_mask", "iou", "logits", "name")
+
+    def __init__(self, name: str, mask, iou: float, logits: np.ndarray) -> None:
+        self.name, self.iou, self.logits = name, float(iou), logits
+        self._make_mask = mask if callable(mask) else None
+        self._mask = None if callable(mask) else np.asarray(mask, dtype=bool)
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = np.asarray(self._make_mask(), dtype=bool)
+        return self._mask
 
     @property
     def area(self) -> int:
@@ -41,17 +50,25 @@ class Candidate:
     def __iter__(self):  # unpacks as (name, mask, iou)
         return iter((self.name, self.mask, self.iou))
 
+    def __repr__(self) -> str:
+        return f"Candidate({self.name!r}, iou={self.iou:.3f})"
 
-def rank_candidates(masks, scores, logits) -> list[Candidate]:
+
+def rank_candidates(masks, scores, logits, areas=None) -> list[Candidate]:
     """Candidates ordered by area, largest first. Three masks (one ambiguous prompt) are
-    named whole, part, subpart; a single mask is named "mask". Ties keep SAM's order."""
-    masks = np.asarray(masks, dtype=bool)
+    named whole, part, subpart; a single mask is named "mask". Ties keep SAM's order.
+
+    `masks`: (M, H, W) bool, or M functions making them (see `Candidate`); `areas`: (M,)
+    areas to order by (default: the masks' pixel counts)."""
     scores = np.asarray(scores, dtype=float)
     logits = np.asarray(logits)
+    if not callable(masks[0]):
+        masks = np.asarray(masks, dtype=bool)
     if len(masks) == 1:
         return [Candidate("mask", masks[0], float(scores[0]), logits[0])]
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
-    order = np.argsort(-areas, kind="stable")
+    if areas is None:
+        areas = np.asarray(masks).reshape(len(masks), -1).sum(axis=1)
+    order = np.argsort(-np.asarray(areas), kind="stable")
     names = CANDIDATE_NAMES if len(masks) == 3 else [f"mask {i}" for i in range(len(masks))]
     return [
         Candidate(name, masks[i], float(scores[i]), logits[i])

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .prompts import to_image_data
 from ..view import ViewSpec
+from .prompts import to_image_data
 
 __all__ = [
     "CommitError",

@@ -19,33 +19,22 @@ selected candidate's low-res logits go back to the decoder as its mask prompt.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..embeddings import EmbeddingCache, fingerprint
-from ..view import ViewSpec, extract_view
+from ..embeddings import EmbeddingCache
+from ..view import ViewSpec
 from .candidates import Candidate, PromptSet, best_index, prompts_grew, rank_candidates
 from .commit import CommitError, CommitPlan, plan_commit, unwritable_reason, view_to_labels
+from .embedded_view import EmbeddedView, model_id_of
 
-__all__ = ["AnnotationSession", "EmbeddingResult"]
-
-_MODEL_IDS = itertools.count(1)  # ids in embedding keys: unique across sessions sharing a cache
-
-
-class EmbeddingResult(NamedTuple):
-    """What an embedding job returns: the cache key, the embedding (None when cancelled),
-    and the lazy view it read (remembered only if its pixels were not reported changed)."""
-
-    key: tuple | None
-    embedding: Any
-    lazy_view: tuple | None
+__all__ = ["AnnotationSession"]
 
 
-class AnnotationSession:
+class AnnotationSession(EmbeddedView):
     """Interactive SAM on one 2D view at a time. See the module docstring for a script.
 
     Parameters: `model`, a `Sam` (or None, then `set_model` later); `cache`, an
@@ -59,12 +48,7 @@ class AnnotationSession:
         self._model = None
         self._model_id = 0
         self._predictor = None
-        self._data = None
-        self._view: ViewSpec | None = None
-        self._read_options: dict[str, Any] = {"rgb": False, "channel_axis": None, "channels": None}
-        self._fingerprints: dict[tuple, tuple] = {}  # lazy views read: id -> (hash, where)
-        self._pixels_generation = 0
-        self._current: tuple[tuple, Any] | None = None  # (key, embedding) of the view
+        self._init_view()
         self._points = np.zeros((0, 2))
         self._labels = np.zeros(0, np.int64)
         self._boxes = np.zeros((0, 4))
@@ -97,165 +81,10 @@ class AnnotationSession:
         from ..predictor import SamPredictor
 
         self._model = model.eval()
-        self._model_id = next(_MODEL_IDS)
+        self._model_id = model_id_of(model)
         self._predictor = SamPredictor(self._model)
         self._current = None
         self._reset_prediction()
-
-    def _require_model(self):
-        if self._model is None:
-            raise ValueError("No model: AnnotationSession(load_model('tiny_cells')) or set_model.")
-        return self._model
-
-    # -- image and view ----------------------------------------------------------------
-    def set_image(
-        self,
-        image,
-        view: ViewSpec | Mapping[int, int] | None = None,
-        *,
-        rgb: bool | None = None,
-        channel_axis: int | None = None,
-        channels: Sequence[int] | None = None,
-    ) -> None:
-        """Annotate a 2D view of `image` (numpy, dask or zarr; only the view is read).
-
-        - 2D data: (H, W) gray or (H, W, 3|4) RGB(A) (`rgb=None` guesses RGB for a last
-          axis of 3 or 4 on 3D data without `view`).
-        - nD data: `view` is a `ViewSpec` or {axis: index} for every axis but the two
-          displayed ones (the last two). `channel_axis` + `channels` (1 or 3 of them) make
-          a gray or RGB view from a channel axis.
-        A new image or view drops the prompts and candidates (they are view coordinates).
-        Raises ValueError for shapes, views or channels that do not fit.
-        """
-        data = image[0] if isinstance(image, list | tuple) else image  # a pyramid: level 0
-        if not hasattr(data, "shape") or not hasattr(data, "ndim"):
-            data = np.asarray(data)
-        if rgb is None:
-            rgb = view is None and data.ndim == 3 and data.shape[-1] in (3, 4)
-        spatial = data.ndim - (1 if rgb else 0)
-        if not isinstance(view, ViewSpec):
-            index = dict(view or {})
-            displayed = [axis for axis in range(spatial) if axis not in index]
-            if channel_axis is not None and channels and channel_axis not in index:
-                displayed.remove(channel_axis)
-                index[channel_axis] = 0
-            view = ViewSpec(displayed[-2:], {**index, **dict.fromkeys(displayed[:-2], 0)})
-        options = {"rgb": bool(rgb), "channel_axis": channel_axis,
-                   "channels": None if channels is None else tuple(int(c) for c in channels)}  # fmt: skip
-        if channel_axis is None or not channels:
-            options["channel_axis"], options["channels"] = None, None
-        changed = data is not self._data or view != self._view or options != self._read_options
-        self._data, self._view, self._read_options = data, view, options
-        if changed:
-            if not self.is_lazy:  # fails here, not in a worker, for a view that does not fit
-                self.read_view()
-            self.clear()
-
-    @property
-    def view(self) -> ViewSpec | None:
-        """The view annotated: its displayed (row, col) axes and the index of the others."""
-        return self._view
-
-    def read_view(self) -> tuple[np.ndarray, tuple]:
-        """(pixels, where): the view's (H, W) or (H, W, C) pixels, read now, and the part
-        of the embedding key that says where they come from. Safe in a worker thread."""
-        return self.view_reader()()
-
-    def view_reader(self) -> Callable[[], tuple[np.ndarray, tuple]]:
-        """A function reading the current view later, with today's options (for workers)."""
-        if self._data is None:
-            raise ValueError("No image: call set_image(image) first.")
-        data, view, options = self._data, self._view, dict(self._read_options)
-
-        def read() -> tuple[np.ndarray, tuple]:
-            pixels = extract_view(data, view.displayed, view.slice_index, **options)
-            channel_axis = options["channel_axis"]
-            sliced = {a: i for a, i in view.slice_index.items() if a != channel_axis}
-            where = ((view.displayed, tuple(sliced.items())),
-                     (channel_axis, tuple(options["channels"] or ())))  # fmt: skip
-            return pixels, where
-
-        return read
-
-    @property
-    def is_lazy(self) -> bool:
-        """True for data that is not an in-memory numpy array (read only in workers)."""
-        return self._data is not None and not isinstance(self._data, np.ndarray)
-
-    def forget_pixels(self) -> None:
-        """The pixels of lazy data may have changed (napari reported a change): read and
-        hash them again before the next prediction. In-memory data is hashed every time."""
-        self._fingerprints.clear()
-        self._pixels_generation += 1
-
-    def _lazy_id(self) -> tuple:
-        options = (self._read_options["channel_axis"], self._read_options["channels"])
-        return (id(self._data), self._view.key(), self._read_options["rgb"], options)
-
-    def embedding_key(self) -> tuple | None:
-        """The cache key of the current view's pixels, or None for lazy data not read yet.
-        In-memory pixels are hashed on every call (~1 ms per megapixel), so pixels edited
-        in place are never decoded on an old embedding."""
-        if self._data is None:
-            return None
-        if not self.is_lazy:
-            pixels, where = self.read_view()
-            return (fingerprint(pixels), where, self._model_id)
-        found = self._fingerprints.get(self._lazy_id())
-        return None if found is None else (*found, self._model_id)
-
-    # -- embedding ---------------------------------------------------------------------
-    def embedding_for(self, key):
-        """The embedding stored under `key`: the current view's, or one in the cache."""
-        current = self._current
-        if key is not None and current is not None and current[0] == key:
-            return current[1]
-        return None if key is None else self.cache.get(key)
-
-    @property
-    def has_embedding(self) -> bool:
-        """Whether the current view's pixels have an embedding (nothing to compute)."""
-        return self.embedding_for(self.embedding_key()) is not None
-
-    def embedding_job(self) -> Callable[..., EmbeddingResult]:
-        """A function `job(on_block=None) -> EmbeddingResult` that reads the view (lazy
-        data), hashes it and embeds it unless the cache has it. It touches no session
-        state, so a worker thread may run it; give its result to `store_embedding`.
-        `on_block(done, total)` is called between encoder blocks; an exception raised
-        there stops the encoder and propagates."""
-        from ..predictor import embed_image
-
-        model, model_id = self._require_model(), self._model_id
-        read, key = self.view_reader(), self.embedding_key()
-        lazy_view = (self._lazy_id(), self._pixels_generation) if self.is_lazy else None
-        embedding_for = self.embedding_for
-
-        def job(on_block: Callable[[int, int], None] | None = None) -> EmbeddingResult:
-            pixels, where = read()
-            found = (fingerprint(pixels), where, model_id) if key is None else key
-            embedding = embedding_for(found)
-            if embedding is None:
-                embedding = embed_image(model, pixels, on_block)
-            return EmbeddingResult(found, embedding, lazy_view)
-
-        return job
-
-    def store_embedding(self, result: EmbeddingResult) -> bool:
-        """Keep a job's embedding as the current view's and in the cache. Returns False
-        (and keeps nothing) when the model changed since the job started."""
-        key, embedding, lazy_view = result
-        if embedding is None or key[-1] != self._model_id:
-            return False
-        if lazy_view is not None and lazy_view[1] == self._pixels_generation:
-            self._fingerprints[lazy_view[0]] = key[:-1]
-        self._current = (key, embedding)
-        self.cache.put(key, embedding)
-        return True
-
-    def compute_embedding(self) -> None:
-        """Embed the current view now (in this thread), unless it is embedded already."""
-        if not self.has_embedding:
-            self.store_embedding(self.embedding_job()())
 
     # -- prompts -----------------------------------------------------------------------
     def add_point(self, point: Sequence[float], positive: bool = True) -> None:
@@ -344,21 +173,25 @@ class AnnotationSession:
         if self.one_object_per_box and n_boxes:
             masks, scores = predictor.predict_boxes(self._boxes)
             self._reset_prediction()
+            pairs = enumerate(zip(masks, scores, strict=True))
             self._objects = [Candidate(f"box {i + 1}", mask, float(score), np.zeros(0))
-                             for i, (mask, score) in enumerate(zip(masks, scores, strict=True))]  # fmt: skip
+                             for i, (mask, score) in pairs]  # fmt: skip
             self._used = (np.zeros(0, np.intp), np.arange(n_boxes))
         else:
             box = self._boxes[-1] if n_boxes else None
             prompts = PromptSet.from_arrays(self._points, self._labels, box)
             grew = self._last_logits is not None and prompts_grew(self._last_prompts, prompts)
-            masks, scores, logits = predictor.predict(
+            _, scores, logits = predictor.predict(
                 points=self._points if n_points else None,
                 labels=self._labels if n_points else None,
                 box=box,
                 mask_input=self._last_logits if grew else None,
+                upscale=False,  # only the candidates looked at are upscaled
             )
+            makers = [functools.partial(predictor.upscale_masks, low, embedding) for low in logits]
             self._objects = []
-            self._candidates = rank_candidates(masks, scores, logits)
+            self._candidates = rank_candidates(makers, scores, logits,
+                                               predictor.low_res_areas(logits))  # fmt: skip
             self._selected = best_index(self._candidates)
             self._last_prompts = prompts
             self._last_logits = self._candidates[self._selected].logits
@@ -388,6 +221,11 @@ class AnnotationSession:
         one-object-per-box mode, where every box's mask is committed."""
         candidates = self.candidates
         return candidates[self._selected] if self._candidates else None
+
+    @property
+    def selected_index(self) -> int:
+        """Index of the selected candidate in `candidates` (-1 when none is selected)."""
+        return self._selected if self.candidates and self._candidates else -1
 
     def select(self, which: str | int) -> Candidate:
         """Choose a candidate by name ("whole", "part", "subpart") or index. It becomes
@@ -421,9 +259,10 @@ class AnnotationSession:
     # -- commit ------------------------------------------------------------------------
     def commit_masks(self) -> list[np.ndarray]:
         """The (H, W) bool masks a commit writes: the selected candidate, or every box's."""
+        candidates = self.candidates  # decodes pending prompts first
         if self._candidates:
             return [self._candidates[self._selected].mask]
-        return [c.mask for c in self.candidates]
+        return [c.mask for c in candidates]
 
     def plan_commit(
         self,

@@ -1,16 +1,19 @@
-"""Training examples from (image, instance labels) pairs: random crops at random scales,
-flips, the predictor's own normalisation, and objects to prompt at every level of a
-label hierarchy (cell / nucleus / nucleolus)."""
+"""Training examples from (image, instance labels) pairs: the labelled 2D slices of nD
+data, random crops at random scales, flips, the predictor's own normalisation, and
+objects to prompt at every level of a label hierarchy (cell / nucleus / nucleolus)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..image import image_shape_problem, resize_longest_side, to_uint8_rgb
+from ..view import extract_view
 
 _RGB_TO_IDS = (
     "_, ids = np.unique(rgb.reshape(-1, rgb.shape[-1]), axis=0, return_inverse=True); "
@@ -181,3 +184,135 @@ def draw_batch(
         examples.append(example)
         objects.append(choose_objects(rng, example, objects_per_image))
     return Batch(examples, objects)
+
+
+# -- the labelled 2D slices of nD data ------------------------------------------------------
+def check_pair(image, labels, *, rgb: bool = False) -> tuple[int, ...]:
+    """Raise ValueError unless `labels` is an instance label image (see `check_labels`; 2
+    or more dimensions) of `image`'s spatial shape: its shape without the colour axis when
+    `rgb`. Returns that spatial shape. Reads no pixels of a lazy (dask, zarr) image."""
+    check_labels(labels, ndim=None)
+    spatial = tuple(image.shape[:-1] if rgb else image.shape)
+    if tuple(labels.shape) != spatial:
+        hint = "pick the labels drawn on this image"
+        if not rgb and image.ndim == labels.ndim + 1 and image.shape[1:] == labels.shape:
+            hint = (
+                f"the image looks channel-first (C, H, W) with {image.shape[0]} channels; "
+                "put them last (np.moveaxis(image, 0, -1)) and treat them as colour, or "
+                "train on one channel, image[c]"
+            )
+        raise ValueError(
+            f"The labels' shape {tuple(labels.shape)} differs from the image's spatial shape "
+            f"{spatial}: {hint}."
+        )
+    return spatial
+
+
+def labelled_slices(
+    image: np.ndarray,
+    labels: np.ndarray,
+    displayed: Sequence[int] | None = None,
+    slice_index: Mapping[int, int] | None = None,
+    *,
+    rgb: bool = False,
+    skip_empty: bool = True,
+) -> list[LabelledImage]:
+    """2D training examples from an nD image and its labels of the same spatial shape.
+
+    `displayed`: the two (row, col) axes of a 2D example; by default the last two spatial
+    axes. `slice_index`: {axis: index} of one 2D slice; None takes every slice (each one a
+    separate example). `rgb`: the image's last axis is colour. Slices without any label
+    are skipped when `skip_empty`. The examples may share memory with the inputs.
+
+    Raises ValueError when the labels are not integer id images (colour-coded, float,
+    bool, negative ids; see `check_labels`), their shape differs from the image's, or
+    `slice_index` lacks an axis; IndexError for an index outside its axis.
+    """
+    image = np.asarray(image) if not hasattr(image, "shape") else image
+    spatial = check_pair(image, labels, rgb=rgb)
+    ndim = len(spatial)
+    if ndim < 2:
+        raise ValueError(f"Need 2D or nD images, got a {ndim}D one.")
+    displayed = tuple(range(ndim - 2, ndim)) if displayed is None else tuple(displayed)
+    others = [axis for axis in range(ndim) if axis not in displayed]
+    if slice_index is not None:
+        missing = [axis for axis in others if axis not in slice_index]
+        if missing:
+            raise ValueError(
+                f"slice_index {dict(slice_index)} lacks axes {missing}: give an index for "
+                f"every axis but the displayed ones {displayed}."
+            )
+        views = [{axis: int(slice_index[axis]) for axis in others}]
+    else:
+        views = [
+            dict(zip(others, index, strict=True))
+            for index in itertools.product(*(range(spatial[axis]) for axis in others))
+        ]
+    examples = []
+    for view in views:
+        plane_labels = extract_view(labels, displayed, view)
+        if skip_empty and not np.any(plane_labels):
+            continue
+        plane = extract_view(image, displayed, view, rgb=rgb)
+        examples.append(LabelledImage(np.asarray(plane), [np.asarray(plane_labels)]))
+    return examples
+
+
+@dataclass(frozen=True)
+class LabelledStack:
+    """An image of 2 or more dimensions, its instance labels, and which of its 2D slices
+    to train on: what the "Fine-tune SAM" widget gathers from an (image, labels) layer pair.
+
+    `image`: (..., H, W), or (..., H, W, C) when `rgb`; numpy, or a lazy array (dask,
+    zarr: only the slices taken are read). `labels`: integer ids of the image's spatial
+    shape, 0 = background. `displayed`: the two (row, col) axes of a slice (default: the
+    last two spatial axes). `slice_index`: {axis: index} for every other axis, one slice;
+    None: every slice that holds a label. `name`: names the pair in error messages.
+    """
+
+    image: Any
+    labels: Any
+    rgb: bool = False
+    displayed: tuple[int, int] | None = None
+    slice_index: Mapping[int, int] | None = None
+    name: str = ""
+
+    def _named(self, error: Exception) -> str:
+        return f"{self.name}: {error}" if self.name else str(error)
+
+    def check(self) -> None:
+        """Raise ValueError (naming the pair) unless the labels are integer id images of
+        the image's spatial shape (see `check_pair`)."""
+        try:
+            check_pair(self.image, self.labels, rgb=self.rgb)
+        except ValueError as error:
+            raise ValueError(self._named(error)) from None
+
+    def examples(self) -> list[LabelledImage]:
+        """Copies of the chosen slices that hold labels (later edits of `image` and
+        `labels` change nothing in them). Raises ValueError naming the pair for labels
+        that are not id images, shapes that differ, a slice outside the data."""
+        try:
+            found = labelled_slices(
+                self.image, self.labels, self.displayed, self.slice_index, rgb=self.rgb
+            )
+        except (ValueError, IndexError) as error:
+            raise ValueError(self._named(error)) from None
+        return [
+            LabelledImage(np.array(item.image), [np.array(level) for level in item.levels])
+            for item in found
+        ]
+
+
+def gather_examples(stacks: Iterable[LabelledStack]) -> list[LabelledImage]:
+    """The 2D training examples of all `stacks` (see `LabelledStack.examples`), in order.
+    Raises ValueError when one is refused, or when none holds a label."""
+    stacks = list(stacks)
+    items = [item for stack in stacks for item in stack.examples()]
+    if not items:
+        names = ", ".join(stack.name for stack in stacks if stack.name)
+        raise ValueError(
+            f"The chosen labels{f' ({names})' if names else ''} are empty: paint some "
+            "objects (non-zero ids) first."
+        )
+    return items

@@ -36,8 +36,7 @@ import torch
 
 from .._llvm_guard import hide_triton_if_llvm_is_loaded
 from ..model import Sam
-from ..view import extract_view
-from .data import LabelledImage, check_labels, from_pairs
+from .data import LabelledImage, check_labels, from_pairs, labelled_slices
 from .evaluate import BestWeights, HeldOutScore
 from .loop import Progress, TrainingConfig, train, trainable_parameters
 
@@ -119,62 +118,6 @@ class FinetuneResult:
 
 
 # -- examples ----------------------------------------------------------------------------
-def labelled_slices(
-    image: np.ndarray,
-    labels: np.ndarray,
-    displayed: Sequence[int] | None = None,
-    slice_index: dict[int, int] | None = None,
-    *,
-    rgb: bool = False,
-    skip_empty: bool = True,
-) -> list[LabelledImage]:
-    """2D training examples from an nD image and its labels of the same spatial shape.
-
-    `displayed`: the two (row, col) axes of a 2D example; by default the last two spatial
-    axes. `slice_index`: {axis: index} of one 2D slice; None takes every slice (each one a
-    separate example). `rgb`: the image's last axis is colour. Slices without any label
-    are skipped when `skip_empty`.
-
-    Raises ValueError when the labels are not integer id images (colour-coded, float,
-    bool, negative ids; see `check_labels`) or their shape differs from the image's.
-    """
-    image = np.asarray(image) if not hasattr(image, "shape") else image
-    check_labels(labels, ndim=None)
-    spatial = tuple(image.shape[:-1] if rgb else image.shape)
-    if tuple(labels.shape) != spatial:
-        hint = "pick the labels drawn on this image"
-        if not rgb and image.ndim == labels.ndim + 1 and image.shape[1:] == labels.shape:
-            hint = (
-                f"the image looks channel-first (C, H, W) with {image.shape[0]} channels; "
-                "put them last (np.moveaxis(image, 0, -1)) and treat them as colour, or "
-                "train on one channel, image[c]"
-            )
-        raise ValueError(
-            f"The labels' shape {tuple(labels.shape)} differs from the image's spatial shape "
-            f"{spatial}: {hint}."
-        )
-    ndim = len(spatial)
-    if ndim < 2:
-        raise ValueError(f"Need 2D or nD images, got a {ndim}D one.")
-    displayed = tuple(range(ndim - 2, ndim)) if displayed is None else tuple(displayed)
-    others = [axis for axis in range(ndim) if axis not in displayed]
-    if slice_index is not None:
-        views = [{axis: int(slice_index[axis]) for axis in others}]
-    else:
-        views = [
-            dict(zip(others, index, strict=True))
-            for index in itertools.product(*(range(spatial[axis]) for axis in others))
-        ]
-    examples = []
-    for view in views:
-        plane_labels = extract_view(labels, displayed, view)
-        if skip_empty and not np.any(plane_labels):
-            continue
-        plane = extract_view(image, displayed, view, rgb=rgb)
-        examples.append(LabelledImage(np.asarray(plane), [np.asarray(plane_labels)]))
-    return examples
-
-
 def _as_item(pair: Pair) -> LabelledImage:
     if isinstance(pair, LabelledImage):
         return pair

@@ -1,0 +1,58 @@
+"""Embedding the view on screen for a widget: the session's embedding job run as a
+`Job` (progress per encoder block, cancel between blocks), one view at a time."""
+
+from __future__ import annotations
+
+import time
+
+from ._base import DockWidget, Job, OneJobAtATime
+
+__all__ = ["Encoder"]
+
+
+class Encoder(OneJobAtATime):
+    """Runs `owner.session`'s embedding job; `on_ready()` after an embedding is stored."""
+
+    def __init__(self, owner: DockWidget, session, on_ready) -> None:
+        self.owner = owner
+        self.session = session
+        self.on_ready = on_ready
+        self._job_id = None
+
+    def cancel(self) -> None:
+        """Stop the embedding in flight (between encoder blocks) and forget it."""
+        super().cancel()
+        self.job = None
+
+    def start(self, view_options: dict) -> None:
+        """Embed the session's current view in a worker, unless that is under way."""
+        session, owner = self.session, self.owner
+        job_id = (session.embedding_key() or "lazy", session.view, repr(view_options))
+        if self.job is not None and job_id == self._job_id:
+            return
+        self.cancel()
+        embed = session.embedding_job()
+        depth = len(getattr(session.model.image_encoder, "blocks", ())) or 1
+        started = time.perf_counter()
+
+        def work(job: Job):
+            return embed(lambda done, _total: job.report(done))
+
+        def returned(result) -> None:
+            if session.store_embedding(result):
+                owner.set_status(f"Embedding ready ({time.perf_counter() - started:.1f} s).")
+                self.on_ready()
+
+        def finished() -> None:
+            if self.job is job:
+                self.job = None
+                if job.cancelled:
+                    owner.set_status("Embedding cancelled.")
+            owner.update_busy()
+
+        job = owner.start_job(work, "SAM: embedding image", depth, returned=returned,
+                              errored=lambda error: owner.failure("Embedding", error),
+                              finished=finished)  # fmt: skip
+        self.job, self._job_id = job, job_id
+        owner.update_busy()
+        owner.set_status("Computing the image embedding...")

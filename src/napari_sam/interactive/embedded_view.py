@@ -1,0 +1,232 @@
+"""The 2D view an annotation session works on, and its embedding: which pixels (any
+array, a view and channel options), read when needed (lazy data only in a worker), keyed
+by their content, embedded once per model and kept through an `EmbeddingCache`.
+
+`EmbeddedView` is the base of `AnnotationSession`; `make_view_reader` and the embedding
+keys it builds are shared with automatic segmentation over slices, so that clicks and
+"segment everything" reuse each other's embeddings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..embeddings import EmbeddingCache, fingerprint
+from ..view import ViewSpec, extract_view
+
+__all__ = ["EmbeddedView", "EmbeddingResult", "make_view_reader", "model_id_of"]
+
+# A model's id in embedding keys: the same for the same model object, so sessions sharing
+# a cache share its embeddings, and never reused for another model.
+_MODEL_IDS = itertools.count(1)
+_model_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_id_of(model) -> int:
+    """The id of `model` in embedding keys."""
+    if model not in _model_ids:
+        _model_ids[model] = next(_MODEL_IDS)
+    return _model_ids[model]
+
+
+class EmbeddingResult(NamedTuple):
+    """What an embedding job returns: the cache key, the embedding, and the lazy view it
+    read (remembered only if its pixels were not reported changed meanwhile)."""
+
+    key: tuple | None
+    embedding: Any
+    lazy_view: tuple | None
+
+
+def make_view_reader(data, rgb: bool = False, channel_axis: int | None = None,
+                     channels: Sequence[int] | None = None):  # fmt: skip
+    """A function `read(view) -> (pixels, where)`: the (H, W) or (H, W, C) pixels of a
+    `ViewSpec` of `data` (see `napari_sam.view.extract_view` for the options), and the
+    part of an embedding key saying where they come from. It reads `data` only when
+    called, so a worker thread may call it."""
+    channels = None if channels is None else tuple(int(c) for c in channels)
+    extra = (channel_axis, tuple(channels or ()))
+
+    def read(view: ViewSpec) -> tuple[np.ndarray, tuple]:
+        pixels = extract_view(data, view.displayed, view.slice_index, rgb=rgb,
+                              channel_axis=channel_axis, channels=channels)  # fmt: skip
+        # The view does not depend on the channel slider when channels are picked.
+        sliced = {a: i for a, i in view.slice_index.items() if a != channel_axis}
+        return pixels, ((view.displayed, tuple(sliced.items())), extra)
+
+    return read
+
+
+class EmbeddedView:
+    """A 2D view of an image and its embedding (see module docstring). Subclasses set
+    `cache`, `_model` and `_model_id`, and override `clear()` (what depends on the view)."""
+
+    cache: EmbeddingCache
+    _model = None
+    _model_id = 0
+
+    def _init_view(self) -> None:
+        self._data = None
+        self._view: ViewSpec | None = None
+        self._read_options: dict[str, Any] = {"rgb": False, "channel_axis": None, "channels": None}
+        self._fingerprints: dict[tuple, tuple] = {}  # lazy views read: id -> (hash, where)
+        self._pixels_generation = 0
+        self._current: tuple[tuple, Any] | None = None  # (key, embedding) of the view
+
+    def clear(self) -> None:
+        """Drop what depends on the view (prompts, candidates)."""
+
+    def _require_model(self):
+        if self._model is None:
+            raise ValueError("No model: AnnotationSession(load_model('tiny_cells')) or set_model.")
+        return self._model
+
+    # -- image and view ----------------------------------------------------------------
+    def set_image(
+        self,
+        image,
+        view: ViewSpec | Mapping[int, int] | None = None,
+        *,
+        rgb: bool | None = None,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+    ) -> None:
+        """Annotate a 2D view of `image` (numpy, dask or zarr; only the view is read).
+
+        - 2D data: (H, W) gray or (H, W, 3|4) RGB(A) (`rgb=None` guesses RGB for a last
+          axis of 3 or 4 on 3D data without `view`).
+        - nD data: `view` is a `ViewSpec` or {axis: index} for every axis but the two
+          displayed ones (the last two). `channel_axis` + `channels` (1 or 3 of them) make
+          a gray or RGB view from a channel axis.
+        A new image or view drops the prompts and candidates (they are view coordinates).
+        Raises ValueError for shapes, views or channels that do not fit.
+        """
+        data = image[0] if isinstance(image, list | tuple) else image  # a pyramid: level 0
+        if not hasattr(data, "shape") or not hasattr(data, "ndim"):
+            data = np.asarray(data)
+        if rgb is None:
+            rgb = view is None and data.ndim == 3 and data.shape[-1] in (3, 4)
+        spatial = data.ndim - (1 if rgb else 0)
+        if not isinstance(view, ViewSpec):
+            index = dict(view or {})
+            displayed = [axis for axis in range(spatial) if axis not in index]
+            if channel_axis is not None and channels and channel_axis not in index:
+                displayed.remove(channel_axis)
+                index[channel_axis] = 0
+            view = ViewSpec(displayed[-2:], {**index, **dict.fromkeys(displayed[:-2], 0)})
+        options = {"rgb": bool(rgb), "channel_axis": None, "channels": None}
+        if channel_axis is not None and channels:
+            options.update(channel_axis=channel_axis, channels=tuple(int(c) for c in channels))
+        changed = data is not self._data or view != self._view or options != self._read_options
+        self._data, self._view, self._read_options = data, view, options
+        if changed:
+            if not self.is_lazy:  # fails here, not in a worker, for a view that does not fit
+                self.read_view()
+            self.clear()
+
+    @property
+    def view(self) -> ViewSpec | None:
+        """The view annotated: its displayed (row, col) axes and the index of the others."""
+        return self._view
+
+    def read_view(self) -> tuple[np.ndarray, tuple]:
+        """(pixels, where): the view's (H, W) or (H, W, C) pixels, read now, and the part
+        of the embedding key that says where they come from. Safe in a worker thread."""
+        return self.view_reader()()
+
+    def view_reader(self) -> Callable[[], tuple[np.ndarray, tuple]]:
+        """A function reading the current view later, with today's options (for workers)."""
+        if self._data is None:
+            raise ValueError("No image: call set_image(image) first.")
+        read, view = make_view_reader(self._data, **self._read_options), self._view
+        return lambda: read(view)
+
+    @property
+    def model_id(self) -> int:
+        """The model's id in embedding keys (the same for the same model object)."""
+        return self._model_id
+
+    @property
+    def is_lazy(self) -> bool:
+        """True for data that is not an in-memory numpy array (read only in workers)."""
+        return self._data is not None and not isinstance(self._data, np.ndarray)
+
+    def forget_pixels(self) -> None:
+        """The pixels of lazy data may have changed (napari reported a change): read and
+        hash them again before the next prediction. In-memory data is hashed every time."""
+        self._fingerprints.clear()
+        self._pixels_generation += 1
+
+    def _lazy_id(self) -> tuple:
+        options = (self._read_options["channel_axis"], self._read_options["channels"])
+        return (id(self._data), self._view.key(), self._read_options["rgb"], options)
+
+    def embedding_key(self) -> tuple | None:
+        """The cache key of the current view's pixels, or None for lazy data not read yet.
+        In-memory pixels are hashed on every call (~0.2 ms per megapixel), so pixels
+        edited in place are never decoded on an old embedding."""
+        if self._data is None:
+            return None
+        if not self.is_lazy:
+            pixels, where = self.read_view()
+            return (fingerprint(pixels), where, self._model_id)
+        found = self._fingerprints.get(self._lazy_id())
+        return None if found is None else (*found, self._model_id)
+
+    # -- embedding ---------------------------------------------------------------------
+    def embedding_for(self, key):
+        """The embedding stored under `key`: the current view's, or one in the cache."""
+        current = self._current
+        if key is not None and current is not None and current[0] == key:
+            return current[1]
+        return None if key is None else self.cache.get(key)
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the current view's pixels have an embedding (nothing to compute)."""
+        return self.embedding_for(self.embedding_key()) is not None
+
+    def embedding_job(self) -> Callable[..., EmbeddingResult]:
+        """A function `job(on_block=None) -> EmbeddingResult` that reads the view (lazy
+        data), hashes it and embeds it unless the cache has it. It touches no session
+        state, so a worker thread may run it; give its result to `store_embedding`.
+        `on_block(done, total)` is called between encoder blocks; an exception raised
+        there stops the encoder and propagates."""
+        from ..predictor import embed_image
+
+        model, model_id = self._require_model(), self._model_id
+        read, key = self.view_reader(), self.embedding_key()
+        lazy_view = (self._lazy_id(), self._pixels_generation) if self.is_lazy else None
+        embedding_for = self.embedding_for
+
+        def job(on_block: Callable[[int, int], None] | None = None) -> EmbeddingResult:
+            pixels, where = read()
+            found = (fingerprint(pixels), where, model_id) if key is None else key
+            embedding = embedding_for(found)
+            if embedding is None:
+                embedding = embed_image(model, pixels, on_block)
+            return EmbeddingResult(found, embedding, lazy_view)
+
+        return job
+
+    def store_embedding(self, result: EmbeddingResult) -> bool:
+        """Keep a job's embedding as the current view's and in the cache. Returns False
+        (and keeps nothing) when the model changed since the job started."""
+        key, embedding, lazy_view = result
+        if embedding is None or key[-1] != self._model_id:
+            return False
+        if lazy_view is not None and lazy_view[1] == self._pixels_generation:
+            self._fingerprints[lazy_view[0]] = key[:-1]
+        self._current = (key, embedding)
+        self.cache.put(key, embedding)
+        return True
+
+    def compute_embedding(self) -> None:
+        """Embed the current view now (in this thread), unless it is embedded already."""
+        if not self.has_embedding:
+            self.store_embedding(self.embedding_job()())
