@@ -1,6 +1,3 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch._dynamo  # (see below)
@@ -8,13 +5,9 @@ import torch._dynamo  # (see below)
 # torch.optim imports torch._dynamo, which imports triton where it is installed. Loading
 # triton's LLVM after Mesa's libLLVM (loaded by napari's canvas under Xvfb) crashes the
 # process, so tests that train after a viewer test would die: import it first, here.
-
-# tests/reference.py holds helpers shared with benchmarks/.
-sys.path.insert(0, str(Path(__file__).parent))
-
 from napari_sam.model import build_sam
 from napari_sam.zoo import CACHE_ENV
-from reference import TINY, randomize_
+from tests.reference import TINY, randomize_
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import torch
 
 from napari_sam import ImageEmbedding, SamPredictor
 from napari_sam.model import SamConfig, build_sam
-from reference import TINY
+from tests.reference import TINY
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import napari_sam
 from napari_sam import zoo
 from napari_sam.model import CONFIGS
 from napari_sam.zoo import ModelEntry, UnknownModelError, get_entry, register, registry, unregister
-from reference import TINY
+from tests.reference import TINY
 
 BUILTIN = [
     "vit_b",

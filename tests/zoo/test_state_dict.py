@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from napari_sam.model import build_sam
 from napari_sam.zoo import CheckpointError, load_model, register, unregister
-from reference import TINY, randomize_
-from zoo_helpers import assert_same_weights, entry_for, tiny_state
+from tests.reference import TINY, randomize_
+from tests.zoo.helpers import assert_same_weights, entry_for, tiny_state
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from napari_sam.training.finetuning import (
 from napari_sam.training.loop import trainable_parameters
 from napari_sam.training.synthetic import generate
 from napari_sam.zoo import load_model
-from reference import TINY, randomize_
-from test_training import blobs
+from tests.reference import TINY, randomize_
+from tests.training.test_training import blobs
 
 
 @pytest.fixture(autouse=True)

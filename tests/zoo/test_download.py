@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import zoo_helpers
 from napari_sam.zoo import (
     CACHE_ENV,
     ModelDownloadError,
@@ -19,7 +18,8 @@ from napari_sam.zoo import (
 )
 from napari_sam.zoo.download import _PoochProgress
 from napari_sam.zoo.verified import RECORD_NAME
-from zoo_helpers import DROPPED, Recorder, assert_same_weights, entry_for
+from tests.zoo import helpers as zoo_helpers
+from tests.zoo.helpers import DROPPED, Recorder, assert_same_weights, entry_for
 
 served, registered = zoo_helpers.served, zoo_helpers.registered  # fixtures
 
@@ -144,7 +144,7 @@ def test_corrupt_cached_file_is_fetched_again(served, registered, cache):
 
 
 def test_xxh128_verified_download(served, registered, cache):
-    from zoo_helpers import xxh128
+    from tests.zoo.helpers import xxh128
 
     server, state = served
     source = server.folder / "tiny.pt"

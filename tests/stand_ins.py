@@ -1,47 +1,15 @@
-"""Shared pieces of the widget tests."""
+"""Stand-ins with known answers for tests that need a SAM: a sample image, and the tiny
+model (real encoder) with a decoder that draws discs around the prompts."""
 
 from __future__ import annotations
 
 import numpy as np
 from skimage import data
 
-WIDGET = ("napari-sam-labeler", "Segment Anything")
-
 
 def coins() -> np.ndarray:
     return data.coins()
 
-
-def open_widget(viewer, model):
-    """Dock the widget from the manifest, as a user does, and give it the model."""
-    _dock, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
-    widget.set_model(model)
-    return widget
-
-
-def shown_preview(widget) -> np.ndarray:
-    """What the preview shows, filled: the preview layer draws each mask's outline, and
-    the masks of these tests (discs, boxes) are simply connected, so filling the outline
-    gives the mask back. Same shape as the preview layer's data; ids kept."""
-    from scipy.ndimage import binary_fill_holes
-
-    data = np.asarray(widget.preview.layer.data)
-    planes = data.reshape(-1, *data.shape[-2:])
-    filled = np.zeros_like(planes)
-    for i, plane in enumerate(planes):
-        for label_id in np.unique(plane[plane > 0]):
-            filled[i][binary_fill_holes(plane == label_id)] = label_id
-    return filled.reshape(data.shape)
-
-
-def add_point(widget, world, negative=False):
-    """Add a prompt point at a world position, as a click in add mode does."""
-    layer = widget.points_layer
-    if negative != widget.negative:
-        widget.toggle_polarity()
-    layer.add(layer.world_to_data(np.asarray(world, float)))
-    if negative:
-        widget.toggle_polarity()
 
 
 RADII = (48.0, 24.0, 10.0)  # in the model's input pixels: whole, part, subpart
@@ -90,7 +58,7 @@ def disc_model(seed: int = 1):
     import torch
 
     from napari_sam.model import build_sam
-    from reference import TINY, randomize_
+    from tests.reference import TINY, randomize_
 
     torch.manual_seed(0)
     model = randomize_(build_sam(TINY).eval(), seed=seed)

@@ -7,7 +7,8 @@ import pytest
 
 from napari_sam._qt._layers import POINTS_NAME
 from napari_sam._sample_data import blobs_stack
-from widget_helpers import add_point, coins, disc_model, open_widget, shown_preview
+from tests._qt.helpers import add_point, open_widget, shown_preview
+from tests.stand_ins import coins, disc_model
 
 
 @pytest.fixture

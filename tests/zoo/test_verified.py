@@ -10,7 +10,6 @@ import pooch
 import pytest
 import torch
 
-import zoo_helpers
 from napari_sam.zoo import (
     ModelDownloadError,
     cache_state,
@@ -20,7 +19,8 @@ from napari_sam.zoo import (
     load_model,
 )
 from napari_sam.zoo.verified import RECORD_NAME
-from zoo_helpers import assert_same_weights, entry_for, tiny_state
+from tests.zoo import helpers as zoo_helpers
+from tests.zoo.helpers import assert_same_weights, entry_for, tiny_state
 
 served, registered = zoo_helpers.served, zoo_helpers.registered  # fixtures
 

@@ -14,7 +14,7 @@ import xxhash
 
 from napari_sam.model import SamConfig, build_sam
 from napari_sam.zoo import ModelEntry, register, unregister
-from reference import TINY, randomize_
+from tests.reference import TINY, randomize_
 
 DROPPED = "/dropped/"  # URL prefix: the server promises the whole file, sends half, hangs up
 

@@ -20,8 +20,8 @@ from napari_sam.zoo import (
     unregister,
 )
 from napari_sam.zoo.checkpoint import RefusedGlobal
-from reference import TINY
-from zoo_helpers import assert_same_weights, entry_for, tiny_state
+from tests.reference import TINY
+from tests.zoo.helpers import assert_same_weights, entry_for, tiny_state
 
 
 @pytest.fixture

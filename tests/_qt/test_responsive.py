@@ -8,7 +8,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_sam.model import SamConfig, build_sam
-from widget_helpers import open_widget
+from tests._qt.helpers import open_widget
 
 # A real encoder computation of a few seconds on a CPU (1024 px input, global attention).
 SLOW = SamConfig(

@@ -19,7 +19,7 @@ from napari_sam.model.image_encoder import (
     relative_position_table,
     split_windows,
 )
-from reference import TINY, build_reference
+from tests.reference import TINY, build_reference
 
 
 def test_official_configs_hold_the_published_values():

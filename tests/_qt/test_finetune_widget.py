@@ -31,8 +31,8 @@ from napari_sam.training.finetuning import (
     unregister_finetuned,
 )
 from napari_sam.zoo import load_model
-from test_training import blobs
-from widget_helpers import open_widget
+from tests._qt.helpers import open_widget
+from tests.training.test_training import blobs
 
 FINETUNE = ("napari-sam-labeler", "Fine-tune SAM")
 

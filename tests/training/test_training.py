@@ -24,7 +24,7 @@ from napari_sam.training.prompting import (
     jittered_boxes,
 )
 from napari_sam.training.synthetic import generate
-from reference import TINY
+from tests.reference import TINY
 
 
 def disk(shape, centre, radius):

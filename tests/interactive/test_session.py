@@ -7,7 +7,7 @@ import pytest
 from napari_sam import AnnotationSession, SamPredictor
 from napari_sam.interactive import CommitError
 from napari_sam.view import ViewSpec
-from widget_helpers import coins, disc_model
+from tests.stand_ins import coins, disc_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from napari_sam.zoo import CACHE_ENV, get_entry, register, unregister
-from zoo_helpers import CheckpointServer, entry_for, tiny_state
+from tests.zoo.helpers import CheckpointServer, entry_for, tiny_state
 
 
 @pytest.fixture

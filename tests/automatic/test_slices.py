@@ -27,7 +27,7 @@ from napari_sam.automatic import (
 from napari_sam.embeddings import EmbeddingCache
 from napari_sam.model import build_sam
 from napari_sam.view import ViewSpec, extract_view
-from reference import TINY
+from tests.reference import TINY
 
 PARAMS = dict(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.5)
 SHAPE = (96, 128)  # (rows, cols) of a slice

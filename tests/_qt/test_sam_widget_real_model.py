@@ -9,7 +9,7 @@ import pytest
 from napari_sam import SamPredictor, load_model
 from napari_sam._qt._layers import PREVIEW_NAME
 from napari_sam._sample_data import blobs_stack
-from widget_helpers import open_widget
+from tests._qt.helpers import open_widget
 
 
 @pytest.fixture(scope="module")

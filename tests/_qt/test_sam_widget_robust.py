@@ -4,7 +4,8 @@ layers that cannot be written, scripting errors, polarity by mouse, a cache of s
 import numpy as np
 import pytest
 
-from widget_helpers import add_point, coins, disc_model, open_widget, shown_preview
+from tests._qt.helpers import add_point, open_widget, shown_preview
+from tests.stand_ins import coins, disc_model
 
 
 @pytest.fixture
@@ -170,7 +171,7 @@ def test_batch_that_would_run_out_of_ids_writes_nothing(viewer):
 
 def test_set_model_wait_raises_the_real_error_shortly(viewer):
     from napari_sam.zoo import ModelDownloadError, ModelEntry, register, unregister
-    from reference import TINY
+    from tests.reference import TINY
 
     viewer.add_image(coins(), name="coins")
     widget = open_widget(viewer, disc_model())
@@ -254,7 +255,7 @@ def test_a_model_set_by_script_is_not_orphaned_by_the_default_load(viewer, monke
 
 
 def test_lazy_image_planes_are_read_in_the_worker_and_remembered(viewer, qtbot):
-    from test_widget_everything import SlowPlanes
+    from tests._qt.test_everything_panel import SlowPlanes
 
     planes = SlowPlanes(np.stack([coins()] * 3))
     viewer.add_image(planes, name="lazy")

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from widget_helpers import add_point, coins, disc_model, open_widget
+from tests._qt.helpers import add_point, open_widget
+from tests.stand_ins import coins, disc_model
 
 
 def blobs_stack(depth=3):

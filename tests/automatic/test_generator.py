@@ -25,7 +25,7 @@ from napari_sam.automatic.mask_ops import (
     upscaled_statistics,
 )
 from napari_sam.image import to_uint8_rgb
-from reference import TINY, twin_models
+from tests.reference import TINY, twin_models
 
 
 @pytest.fixture(scope="module")

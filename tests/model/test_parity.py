@@ -8,7 +8,7 @@ import torch
 from napari_sam import SamPredictor
 from napari_sam.image import to_uint8_rgb
 from napari_sam.model import CONFIGS, build_sam
-from reference import TINY, build_reference, twin_models
+from tests.reference import TINY, build_reference, twin_models
 
 # Embeddings and low-res logits agree to 0.5-2e-6 of their norm, predicted IoUs to 4e-7
 # (float32 rounding in another order). Checked once on the tiny twins: one element of a
