@@ -234,3 +234,82 @@ def test_errors_say_what_to_do(model):
         session.add_point((np.nan, 3))
     with pytest.raises(ValueError, match="Nothing to commit"):
         AnnotationSession(model).plan_commit(np.zeros((3, 3), np.int32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "view", "match"),
+    [
+        ((5, 40, 50), None, "view=\\{0: 12\\}"),  # a stack without a slice: not slice 0
+        ((40, 50, 2), None, "channel_axis=2"),  # two channels are neither gray nor RGB
+        ((5, 40, 50, 3), None, "give the index"),  # an RGB stack without a slice
+        ((2, 3, 40, 50), {0: 1}, "give the index of 1 more"),
+    ],
+)
+def test_an_image_without_a_view_for_every_extra_axis_is_refused(model, shape, view, match):
+    session = AnnotationSession(model)
+    with pytest.raises(ValueError, match=match):
+        session.set_image(np.zeros(shape, np.uint8), view)
+
+
+def test_an_rgb_stack_slice_and_a_last_channel_axis_read_the_right_pixels(model):
+    rgb_stack = np.random.default_rng(0).integers(0, 255, (3, 40, 50, 3), dtype=np.uint8)
+    session = AnnotationSession(model)
+    session.set_image(rgb_stack, {0: 1})
+    np.testing.assert_array_equal(session.read_view()[0], rgb_stack[1])
+    hwc = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for axis in (2, -1):  # (H, W, C), the common microscopy layout
+        session.set_image(hwc, channel_axis=axis, channels=[1])
+        np.testing.assert_array_equal(session.read_view()[0], hwc[..., 1])
+
+
+@pytest.mark.parametrize("shape", [(303, 50), (100, 100), (2, 303, 384)])
+def test_labels_of_another_shape_without_frames_are_refused_not_clipped(session, shape):
+    session.add_point((150, 190))
+    labels = np.zeros(shape, np.int32)
+    with pytest.raises(ValueError, match="match neither the image"):
+        session.commit(labels)
+    assert not labels.any() and session.has_prompts
+
+
+def test_a_new_model_decodes_the_prompts_there_are(session):
+    session.add_point((150, 190))
+    assert len(session.candidates) == 3
+    session.set_model(disc_model(seed=2))
+    assert session.has_prompts and [c.name for c in session.candidates] == [
+        "whole",
+        "part",
+        "subpart",
+    ]
+    assert session.commit(np.zeros(coins().shape, np.int32)) == [1]
+
+
+def test_encoder_weights_changed_in_place_are_not_served_old_embeddings(model):
+    import torch
+
+    from napari_sam.model import build_sam
+    from tests.reference import TINY, randomize_
+
+    own = randomize_(build_sam(TINY).eval(), seed=3)  # this test edits its weights
+    session = AnnotationSession(own)
+    session.set_image(coins())
+    session.compute_embedding()
+    before = session.embedding_for(session.embedding_key()).features.clone()
+    with torch.no_grad():  # what fine-tuning the model in use does
+        next(own.image_encoder.parameters()).mul_(1.5)
+    assert not session.has_embedding
+    session.compute_embedding()
+    after = session.embedding_for(session.embedding_key()).features
+    assert not torch.allclose(before, after)
+
+
+def test_unclear_inputs_get_errors_that_say_what_to_pass(session, model):
+    with pytest.raises(ValueError, match=r"\(row, col\)"):
+        session.add_point((2, 137, 73))  # (z, row, col) of a stack
+    session.add_point((150, 190))
+    for which in (True, 1.0, None):
+        with pytest.raises(ValueError, match="by name"):
+            session.select(which)
+    with pytest.raises(ValueError, match="empty"):
+        AnnotationSession(model).set_image(np.zeros((0, 5)))
+    with pytest.raises(CommitError, match="integer ids"):
+        session.commit(np.zeros(coins().shape, np.float32))

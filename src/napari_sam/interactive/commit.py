@@ -128,9 +128,7 @@ def mask_to_labels_indices(
     if (high < low).any():
         return empty
     grid = np.stack(
-        np.meshgrid(
-            np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1), indexing="ij"
-        ),
+        np.meshgrid(np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1), indexing="ij"),
         axis=-1,
     ).reshape(-1, 2)
     view_rc = (grid - mapping.offset[moving]) @ np.linalg.inv(sub).T

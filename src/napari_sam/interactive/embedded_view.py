@@ -27,11 +27,15 @@ _MODEL_IDS = itertools.count(1)
 _model_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def model_id_of(model) -> int:
-    """The id of `model` in embedding keys."""
+def model_id_of(model) -> tuple[int, int]:
+    """The id of `model` in embedding keys: (the model object's number, the version of
+    its image encoder's weights), so that weights changed in place (fine-tuning the model
+    in use) never serve embeddings of the old weights."""
     if model not in _model_ids:
         _model_ids[model] = next(_MODEL_IDS)
-    return _model_ids[model]
+    # Every in-place change of a tensor bumps its version (torch's autograd counter).
+    weights = sum(w._version for w in model.image_encoder.parameters())
+    return _model_ids[model], weights
 
 
 class EmbeddingResult(NamedTuple):
@@ -64,11 +68,10 @@ def make_view_reader(data, rgb: bool = False, channel_axis: int | None = None,
 
 class EmbeddedView:
     """A 2D view of an image and its embedding (see module docstring). Subclasses set
-    `cache`, `_model` and `_model_id`, and override `clear()` (what depends on the view)."""
+    `cache` and `_model`, and override `clear()` (what depends on the view)."""
 
     cache: EmbeddingCache
     _model = None
-    _model_id = 0
 
     def _init_view(self) -> None:
         self._data = None
@@ -109,16 +112,24 @@ class EmbeddedView:
         data = image[0] if isinstance(image, list | tuple) else image  # a pyramid: level 0
         if not hasattr(data, "shape") or not hasattr(data, "ndim"):
             data = np.asarray(data)
-        if rgb is None:
-            rgb = view is None and data.ndim == 3 and data.shape[-1] in (3, 4)
+        if 0 in data.shape:
+            raise ValueError(f"The image is empty: shape {tuple(data.shape)}.")
+        picked = channel_axis is not None and bool(channels)
+        if picked:
+            if not -data.ndim <= channel_axis < data.ndim:
+                raise ValueError(f"channel_axis {channel_axis} is not an axis of {data.shape}.")
+            channel_axis %= data.ndim
+        if rgb is None:  # a last axis of 3 or 4 holds colours, unless it holds the channels
+            rgb = data.ndim >= 3 and data.shape[-1] in (3, 4) and channel_axis != data.ndim - 1
         spatial = data.ndim - (1 if rgb else 0)
         if not isinstance(view, ViewSpec):
-            index = dict(view or {})
+            index = {int(a) % max(spatial, 1): i for a, i in dict(view or {}).items()}
+            if picked:
+                index.setdefault(channel_axis, 0)
             displayed = [axis for axis in range(spatial) if axis not in index]
-            if channel_axis is not None and channels and channel_axis not in index:
-                displayed.remove(channel_axis)
-                index[channel_axis] = 0
-            view = ViewSpec(displayed[-2:], {**index, **dict.fromkeys(displayed[:-2], 0)})
+            if len(displayed) != 2:
+                raise ValueError(_view_advice(data.shape, spatial, rgb, index))
+            view = ViewSpec(displayed, index)
         options = {"rgb": bool(rgb), "channel_axis": None, "channels": None}
         if channel_axis is not None and channels:
             options.update(channel_axis=channel_axis, channels=tuple(int(c) for c in channels))
@@ -147,9 +158,10 @@ class EmbeddedView:
         return lambda: read(view)
 
     @property
-    def model_id(self) -> int:
-        """The model's id in embedding keys (the same for the same model object)."""
-        return self._model_id
+    def model_id(self) -> tuple[int, int] | None:
+        """The model's id in embedding keys: the same for the same model object with the
+        same encoder weights (see `model_id_of`); None without a model."""
+        return None if self._model is None else model_id_of(self._model)
 
     @property
     def is_lazy(self) -> bool:
@@ -174,9 +186,9 @@ class EmbeddedView:
             return None
         if not self.is_lazy:
             pixels, where = self.read_view()
-            return (fingerprint(pixels), where, self._model_id)
+            return (fingerprint(pixels), where, self.model_id)
         found = self._fingerprints.get(self._lazy_id())
-        return None if found is None else (*found, self._model_id)
+        return None if found is None else (*found, self.model_id)
 
     # -- embedding ---------------------------------------------------------------------
     def embedding_for(self, key):
@@ -199,7 +211,7 @@ class EmbeddedView:
         there stops the encoder and propagates."""
         from ..predictor import embed_image
 
-        model, model_id = self._require_model(), self._model_id
+        model, model_id = self._require_model(), self.model_id
         read, key = self.view_reader(), self.embedding_key()
         lazy_view = (self._lazy_id(), self._pixels_generation) if self.is_lazy else None
         embedding_for = self.embedding_for
@@ -218,7 +230,7 @@ class EmbeddedView:
         """Keep a job's embedding as the current view's and in the cache. Returns False
         (and keeps nothing) when the model changed since the job started."""
         key, embedding, lazy_view = result
-        if embedding is None or key[-1] != self._model_id:
+        if embedding is None or key[-1] != self.model_id:
             return False
         if lazy_view is not None and lazy_view[1] == self._pixels_generation:
             self._fingerprints[lazy_view[0]] = key[:-1]
@@ -230,3 +242,23 @@ class EmbeddedView:
         """Embed the current view now (in this thread), unless it is embedded already."""
         if not self.has_embedding:
             self.store_embedding(self.embedding_job()())
+
+
+def _view_advice(shape, spatial: int, rgb: bool, index: dict) -> str:
+    """What to pass when the image and the view do not leave exactly two axes on screen."""
+    colour = " (its last axis is RGB)" if rgb else ""
+    if spatial < 2:
+        return f"An image of shape {tuple(shape)}{colour} has no two axes to show."
+    if len(shape) == 3 and not rgb and shape[-1] <= 4 and not index:
+        return (f"An image of shape {tuple(shape)} has {shape[-1]} channels: pick them with "
+                f"channel_axis=2, channels=[0] (gray) or [0, 1, 2] (RGB), or a slice with "
+                "view={0: index}.")  # fmt: skip
+    missing = spatial - 2 - len(index)
+    if missing > 0:
+        return (f"An image of shape {tuple(shape)}{colour} has {spatial} axes: give the index "
+                f"of {missing} more as view={{axis: index, ...}} (e.g. view={{0: 12}} for "
+                "slice 12 of a stack); the last two remaining axes are shown.")  # fmt: skip
+    return (
+        f"view={index} leaves fewer than two axes of an image of shape {tuple(shape)}"
+        f"{colour} on screen."
+    )

@@ -20,6 +20,7 @@ selected candidate's low-res logits go back to the decoder as its mask prompt.
 from __future__ import annotations
 
 import functools
+import numbers
 import time
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ from ..embeddings import EmbeddingCache
 from ..view import ViewSpec
 from .candidates import Candidate, PromptSet, best_index, prompts_grew, rank_candidates
 from .commit import CommitError, CommitPlan, plan_commit, unwritable_reason, view_to_labels
-from .embedded_view import EmbeddedView, model_id_of
+from .embedded_view import EmbeddedView
 
 __all__ = ["AnnotationSession"]
 
@@ -46,7 +47,6 @@ class AnnotationSession(EmbeddedView):
         self.cache = EmbeddingCache() if cache is None else cache
         self._per_box = False
         self._model = None
-        self._model_id = 0
         self._predictor = None
         self._init_view()
         self._points = np.zeros((0, 2))
@@ -81,28 +81,42 @@ class AnnotationSession(EmbeddedView):
         from ..predictor import SamPredictor
 
         self._model = model.eval()
-        self._model_id = model_id_of(model)
         self._predictor = SamPredictor(self._model)
         self._current = None
         self._reset_prediction()
+        self._stale = self.has_prompts  # the prompts stay, decoded by the new model
 
     # -- prompts -----------------------------------------------------------------------
     def add_point(self, point: Sequence[float], positive: bool = True) -> None:
         """Add a point prompt at (row, col) in view pixels; negative points say 'not this'."""
-        point = np.asarray(point, dtype=float).reshape(1, 2)
+        point = np.asarray(point, dtype=float)
+        if point.shape != (2,):
+            raise ValueError(
+                f"A point is (row, col) in the view's pixels; got {point.tolist()} (for a "
+                "stack: set_image(stack, {0: z}) first, then the point on that slice)."
+            )
+        point = point.reshape(1, 2)
         self.set_prompts(np.concatenate([self._points, point]),
                          np.append(self._labels, int(bool(positive))), self._boxes)  # fmt: skip
 
     def add_box(self, box: Sequence[float]) -> None:
         """Add a box prompt (min_row, min_col, max_row, max_col) in view pixels. Without
         `one_object_per_box` the last box is the one used."""
-        box = np.asarray(box, dtype=float).reshape(1, 4)
+        box = np.asarray(box, dtype=float)
+        if box.shape != (4,):
+            raise ValueError(f"A box is (min_row, min_col, max_row, max_col); got {box.tolist()}.")
+        box = box.reshape(1, 4)
         self.set_prompts(self._points, self._labels, np.concatenate([self._boxes, box]))
 
     def set_prompts(self, points=None, labels=None, boxes=None) -> None:
         """Replace all prompts: points (N, 2) (row, col), labels (N,) 1 positive / 0
         negative (default all positive), boxes (M, 4). Candidates follow on next access."""
         points = np.asarray(points if points is not None else np.zeros((0, 2)), float)
+        if points.size and points.shape[-1] != 2:
+            raise ValueError(
+                f"Points are (row, col) in the view's pixels; got shape {points.shape} "
+                "(for a stack: set_image(stack, {0: z}) first)."
+            )
         points = points.reshape(-1, 2)
         labels = np.ones(len(points), np.int64) if labels is None else np.asarray(labels)
         boxes = np.asarray(boxes if boxes is not None else np.zeros((0, 4)), float)
@@ -233,6 +247,8 @@ class AnnotationSession(EmbeddedView):
         names = [c.name for c in self.candidates]
         if not self._candidates:
             raise ValueError("There are no candidates: add a prompt first.")
+        if not isinstance(which, str | numbers.Integral) or isinstance(which, bool):
+            raise ValueError(f"Choose a candidate by name {names} or index; got {which!r}.")
         if isinstance(which, str):
             if which not in names:
                 raise ValueError(f"No candidate {which!r}; there are {names}.")
@@ -286,19 +302,21 @@ class AnnotationSession(EmbeddedView):
         masks = self.commit_masks()
         if not masks:
             raise ValueError("Nothing to commit: add a prompt first.")
-        view = self._view
+        view, shape = self._view, tuple(np.shape(labels))
         spatial = len(view.displayed) + len(view.slice_index)
-        labels_ndim = np.ndim(labels)
+        if image_to_world is None and labels_to_world is None:  # same pixels, no frames
+            image_shape = tuple(self._data.shape[:spatial])
+            if shape == tuple(masks[0].shape) and spatial != 2:  # 2D labels of this view
+                view, spatial = ViewSpec((0, 1), {}), 2
+            elif shape != image_shape:
+                raise ValueError(
+                    f"Labels of shape {shape} match neither the image {image_shape} nor the "
+                    f"view {tuple(masks[0].shape)}: pass labels of one of these shapes, or "
+                    "the frames (image_to_world, labels_to_world) that map between them."
+                )
         image_to_world = np.eye(spatial + 1) if image_to_world is None else image_to_world
-        if labels_to_world is None:
-            labels_to_world = np.eye(labels_ndim + 1)
-            if labels_ndim != spatial and labels_ndim != 2:
-                raise ValueError(f"labels of shape {np.shape(labels)} do not match the "
-                                 f"image's {spatial} spatial axes; give the frames.")  # fmt: skip
-            if labels_ndim == 2 and spatial != 2:  # a 2D labels array for this view only
-                view = ViewSpec((0, 1), {})
-                image_to_world = np.eye(3)
-        mapping = view_to_labels(view, image_to_world, labels_to_world, labels_ndim, world_point)
+        labels_to_world = np.eye(len(shape) + 1) if labels_to_world is None else labels_to_world
+        mapping = view_to_labels(view, image_to_world, labels_to_world, len(shape), world_point)
         return plan_commit(masks, labels, mapping, overwrite)
 
     def commit(self, labels: np.ndarray, overwrite: bool = False, **frames) -> list[int]:
@@ -309,7 +327,10 @@ class AnnotationSession(EmbeddedView):
         cannot be written in place (dask, zarr, read-only, float) or ids beyond the dtype."""
         reason = unwritable_reason(labels)
         if reason is not None:
-            raise CommitError(f"The labels array {reason}; pass an in-memory numpy array.")
+            raise CommitError(
+                f"The labels array {reason}; pass a writable in-memory numpy array of "
+                "integer ids (e.g. np.zeros(shape, np.int32))."
+            )
         plan = self.plan_commit(labels, overwrite, **frames)
         for indices, label_id in plan.writes:
             labels[indices] = label_id
