@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..view import ViewSpec, mask_indices
+from ..view import ViewSpec
 from ._layers import PREVIEW_NAME, add_quietly, same_layer, style_preview, transform_kwargs
 
 OUTLINE_WIDTH = 2  # px of the image: an outline, unlike committed labels, which are filled
@@ -19,14 +19,21 @@ OUTLINE_WIDTH = 2  # px of the image: an outline, unlike committed labels, which
 
 def outline(mask: np.ndarray, width: int = OUTLINE_WIDTH) -> np.ndarray:
     """The pixels of an (H, W) bool mask within `width` px (4-connected steps) of its
-    edge, the image border counting as an edge; computed inside its bounding box only,
-    with array shifts (several times faster than a morphological erosion here)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    edge, the image border counting as an edge, as an (H, W) bool array."""
     edge = np.zeros_like(mask, dtype=bool)
+    rows, cols = outline_pixels(mask, width)
+    edge[rows, cols] = True
+    return edge
+
+
+def outline_pixels(mask: np.ndarray, width: int = OUTLINE_WIDTH) -> tuple[np.ndarray, ...]:
+    """(rows, cols) of `outline(mask)`, computed inside the mask's bounding box only, with
+    array shifts (several times faster than a morphological erosion here)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not rows.size:
-        return edge
-    box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    inner = np.pad(mask[box], 1)  # outside the box is background
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    inner = np.pad(crop, 1)  # outside the box is background
     for _ in range(width):
         core = inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1]
         core &= inner[1:-1, :-2] & inner[1:-1, 2:]
@@ -40,8 +47,8 @@ def outline(mask: np.ndarray, width: int = OUTLINE_WIDTH) -> np.ndarray:
         at_border[:, :width] = True
     if cols[-1] == mask.shape[1] - 1:
         at_border[:, -width:] = True
-    edge[box] = mask[box] & (~core | at_border)
-    return edge
+    found_rows, found_cols = np.nonzero(crop & (~core | at_border))
+    return found_rows + rows[0], found_cols + cols[0]
 
 
 class Preview:
@@ -51,7 +58,7 @@ class Preview:
         self.viewer = viewer
         self.layer = None
         self._view: ViewSpec | None = None  # the view painted
-        self._plane: np.ndarray | None = None  # what is painted there, (H, W) uint8
+        self._painted: tuple | None = None  # (rows, cols, ids) painted on that view
 
     def ensure(self, image, shape: tuple[int, ...]):
         """The preview layer for `image` (spatial `shape`), made or remade when missing or
@@ -67,13 +74,13 @@ class Preview:
                        blending="translucent", **transform_kwargs(image))  # fmt: skip
         style_preview(layer)
         self.layer = layer
-        self._view, self._plane = None, None
+        self._view, self._painted = None, None
         return add_quietly(self.viewer, layer, self.viewer.layers.index(image) + 1)
 
     def forget(self, layer) -> bool:
         """`layer` left the viewer; True when it was the preview."""
         if same_layer(layer, self.layer):
-            self.layer, self._view, self._plane = None, None, None
+            self.layer, self._view, self._painted = None, None, None
             return True
         return False
 
@@ -83,29 +90,35 @@ class Preview:
         layer = self.layer
         if layer is None or layer not in self.viewer.layers:
             return
-        if self._view is not None and (not masks or view != self._view):
-            self._paint(self._view, np.zeros_like(self._plane))
-            self._view, self._plane = None, None
+        rows, cols, values = _outline_all(masks)
+        if self._view is not None:  # unpaint what the new outline does not cover
+            old_rows, old_cols, _ = self._painted
+            stale = np.ones(len(old_rows), bool)
+            if masks and view == self._view:
+                width = masks[0].shape[1]
+                stale = ~np.isin(old_rows * width + old_cols, rows * width + cols)
+            self._write(self._view, old_rows[stale], old_cols[stale], 0)
         if masks:
-            plane = np.zeros(masks[0].shape, np.uint8)
-            for i, mask in enumerate(masks):
-                plane[outline(mask) & (plane == 0)] = (i % 254) + 1
-            self._paint(view, plane)
-            self._view, self._plane = view, plane
+            self._write(view, rows, cols, values)
+        self._view, self._painted = (view, (rows, cols, values)) if masks else (None, None)
 
-    def _paint(self, view: ViewSpec, plane: np.ndarray) -> None:
-        old = self._plane if view == self._view and self._plane is not None else None
-        changed = plane != 0 if old is None else plane != old
-        if old is None and self._view is None:
-            changed |= np.asarray(self._read(view)) != 0  # leftovers of an earlier layer
-        if not changed.any():
-            return
-        indices = mask_indices(changed, view.displayed, view.slice_index, self.layer.ndim)
-        self.layer.data_setitem(indices, plane[changed])
+    def _write(self, view: ViewSpec, rows, cols, values) -> None:
+        if len(rows):
+            indices: list = [None] * self.layer.ndim
+            indices[view.displayed[0]], indices[view.displayed[1]] = rows, cols
+            for axis, index in view.slice_index.items():
+                indices[axis] = np.full(len(rows), index, np.intp)
+            self.layer.data_setitem(tuple(indices), values)
 
-    def _read(self, view: ViewSpec) -> np.ndarray:
-        key = [slice(None)] * self.layer.ndim
-        for axis, index in view.slice_index.items():
-            key[axis] = index
-        plane = self.layer.data[tuple(key)]
-        return plane.T if view.displayed[0] > view.displayed[1] else plane
+
+def _outline_all(masks: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """(rows, cols, ids) of the masks' outlines, id i + 1 for mask i; the first mask wins
+    a pixel several outlines share."""
+    if not masks:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.uint8)
+    parts = [(*outline_pixels(mask), i) for i, mask in enumerate(masks)]
+    rows = np.concatenate([r for r, _, _ in parts])
+    cols = np.concatenate([c for _, c, _ in parts])
+    ids = np.concatenate([np.full(len(r), (i % 254) + 1, np.uint8) for r, _, i in parts])
+    _, first = np.unique(rows * masks[0].shape[1] + cols, return_index=True)
+    return rows[first], cols[first], ids[first]
