@@ -149,6 +149,10 @@ def test_starts_from_a_checkpoint_file_and_trains_all_slices(viewer, tiny_model,
     (item,) = widget.training_data()
     assert np.array_equal(item.image, images[2]) and np.array_equal(item.levels[0], labels[2])
 
+    # The same objects twice would be trained on and held out at once: refused.
+    with pytest.raises(UserError, match="overlaps"):
+        widget.add_pair(image_layer, labels_layer, all_slices=True)
+    assert len(widget.pairs) == 1
     widget.pairs.clear()
     widget.add_pair(image_layer, labels_layer, all_slices=True)
     register_finetuned(base)

@@ -272,3 +272,42 @@ def test_lazy_image_planes_are_read_in_the_worker_and_remembered(viewer, qtbot):
     qtbot.waitUntil(lambda: len(widget.cache) == 2 and not widget.busy, timeout=60_000)
     assert len(planes.reads) >= 2 and not any(planes.reads)  # never in the GUI thread
     assert widget.candidates  # decoded on the changed plane's own embedding
+
+
+def test_prompts_stay_with_their_image_when_another_of_other_ndim_becomes_active(viewer):
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    add_point(widget, (150, 190))
+    flat_points = widget.points_layer
+    stack = viewer.add_image(np.stack([coins()] * 3), name="stack")  # now the active image
+    assert widget.image_layer == stack
+    assert widget.points_layer.ndim == 3 and len(widget.points_layer.data) == 0
+    assert len(flat_points.data) == 1 and flat_points in viewer.layers  # kept, unused
+    assert widget.candidates == [] and widget.commit() == []  # nothing clicked on the stack
+    assert widget.output_layer is None
+    viewer.layers.selection.active = viewer.layers["coins"]
+    assert widget.points_layer == flat_points  # back on the image: its prompt again
+    widget.wait_for(lambda: bool(widget.candidates), timeout=60)
+
+
+def test_a_reopened_widget_uses_the_sam_layers_there_are(viewer):
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    add_point(widget, (150, 190))
+    names = [layer.name for layer in viewer.layers]
+    viewer.window.remove_dock_widget(widget)
+    again = open_widget(viewer, disc_model())
+    assert [layer.name for layer in viewer.layers] == names  # no "SAM points [1]"
+    assert len(again.points_layer.data) == 1
+    again.wait_for(lambda: bool(again.candidates), timeout=60)  # embedded, then decoded
+
+
+def test_the_status_stops_naming_a_candidate_once_there_is_none(viewer):
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    assert widget.compute_embedding(wait=True)
+    add_point(widget, (150, 190))
+    assert widget.status_label.text().startswith("part:")
+    widget.points_layer.selected_data = {0}
+    widget.points_layer.remove_selected()
+    assert widget.candidates == [] and not widget.status_label.text().startswith("part:")

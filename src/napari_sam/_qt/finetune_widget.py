@@ -29,7 +29,7 @@ from qtpy.QtWidgets import QHBoxLayout, QListWidget, QPushButton, QVBoxLayout
 from ..training.data import LabelledStack, gather_examples
 from ._base import DockWidget, Job, JobCancelled, UserError, layers_of
 from ._choices import LOCAL_FILE, ask_checkpoint, device_choices, model_choices
-from ._layers import PREVIEW_NAME, layer_types
+from ._layers import PREVIEW_NAME, layer_types, same_layer
 from ._messages import notify
 
 if TYPE_CHECKING:
@@ -242,6 +242,15 @@ class FinetuneWidget(DockWidget):
         if all_slices is None:
             all_slices = self.layers_form.slices.value == ALL_SLICES
         pair = self._pair(image, labels, all_slices)
+        for other in self.pairs:  # the same object twice would be trained on and held out
+            overlap = None in (other.slice_index, pair.slice_index) or (
+                other.slice_index == pair.slice_index
+            )
+            if same_layer(other.labels, pair.labels) and overlap:
+                raise UserError(
+                    f"{pair.describe()} overlaps {other.describe()}, already in the list: "
+                    "an object in both could be trained on and held out at once."
+                )
         self.pairs.append(pair)
         self._refresh_pair_list()
         return pair

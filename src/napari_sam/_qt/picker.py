@@ -30,6 +30,7 @@ class CandidatePicker:
         chosen = self.session.selected
         if chosen is not None:
             self.set_status(f"{chosen.name}: predicted IoU {chosen.iou:.2f}, {chosen.area} px.")
+            self._choice_shown = True  # cleared with the candidates, see _reset_prediction
 
     @property
     def candidates(self) -> list:

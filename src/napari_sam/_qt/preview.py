@@ -70,6 +70,16 @@ class Preview:
 
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
+        for old in self.viewer.layers:  # left by a widget closed before: used again
+            if (
+                isinstance(old, Labels)
+                and old.name.split(" [")[0] == PREVIEW_NAME
+                and (old.data.shape == shape and isinstance(old.data, np.ndarray))
+            ):
+                old.data[...] = 0
+                old.refresh()
+                self.layer, self._view, self._painted = old, None, None
+                return old
         layer = Labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=1.0,
                        blending="translucent", **transform_kwargs(image))  # fmt: skip
         style_preview(layer)

@@ -20,6 +20,7 @@ from ._layers import (
     POINTS_NAME,
     add_quietly,
     data_to_world,
+    layer_types,
     same_layer,
     transform_kwargs,
 )
@@ -48,25 +49,36 @@ class PromptLayers:
 
     # -- layers --------------------------------------------------------------------------
     def ensure(self, image) -> bool:
-        """Make the prompt layers that are missing (or, ours and empty, were made for an
-        image of another dimensionality), in `image`'s frame. True when points were made."""
+        """Give `image` prompt layers of its dimensionality: ours made for an image of
+        another one are set aside (removed when empty; their prompts belong to that image
+        and stay with it), then an existing "SAM points" / "SAM boxes" layer of the right
+        kind is used again (a widget reopened, or back on the earlier image), else one is
+        made in `image`'s frame. True when a points layer was made."""
+        Points, Shapes = layer_types()[2:]
         for layer in (self.points, self.boxes):
             ours = layer is not None and layer.unique_id in self._owned
-            if (
-                ours
-                and layer in self.viewer.layers
-                and layer.ndim != image.ndim
-                and not len(layer.data)
-            ):
-                self.viewer.layers.remove(layer)
+            if ours and layer in self.viewer.layers and layer.ndim != image.ndim:
                 self.forget(layer)
+                if not len(layer.data):
+                    self.viewer.layers.remove(layer)
         made = False
         if self.points is None or self.points not in self.viewer.layers:
-            self.attach_points(self._make_points(image))
-            made = True
+            found = self._existing(Points, POINTS_NAME, image.ndim)
+            made = found is None
+            self.attach_points(found if found is not None else self._make_points(image))
         if self.boxes is None or self.boxes not in self.viewer.layers:
-            self.attach_boxes(self._make_boxes(image))
+            found = self._existing(Shapes, BOXES_NAME, image.ndim)
+            self.attach_boxes(found if found is not None else self._make_boxes(image))
         return made
+
+    def _existing(self, kind, name: str, ndim: int):
+        """The newest layer of `kind` named `name` (or "`name` [n]") with `ndim` axes."""
+        found = [layer for layer in self.viewer.layers if isinstance(layer, kind)
+                 and layer.name.split(" [")[0] == name and layer.ndim == ndim]  # fmt: skip
+        if found:
+            self._owned.add(found[-1].unique_id)
+            return found[-1]
+        return None
 
     def _size(self, image) -> float:
         shape = image.data[0].shape if image.multiscale else image.data.shape

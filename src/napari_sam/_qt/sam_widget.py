@@ -295,6 +295,9 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self._prediction_view = None
         self.session.clear()
         self._show_candidates()
+        if getattr(self, "_choice_shown", False):  # the status no longer names a candidate
+            self._choice_shown = False
+            self.set_status("")
 
     # -- commit / clear ---------------------------------------------------------------------
     @property
