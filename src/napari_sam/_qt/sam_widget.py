@@ -70,6 +70,7 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self._prediction_point: tuple[float, ...] = ()  # viewer.dims.point of that view
         self._prompt_indices = (np.zeros(0, np.intp), np.zeros(0, np.intp))  # in the layers
         self._updating = self._update_pending = False
+        self._choice_shown = False  # the status names a candidate (see _reset_prediction)
         build_controls(self)
         self.refresh_model_choices()
         fill_combo(self.device_combo, [(d, d) for d in device_choices()], "auto")
@@ -295,7 +296,7 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self._prediction_view = None
         self.session.clear()
         self._show_candidates()
-        if getattr(self, "_choice_shown", False):  # the status no longer names a candidate
+        if self._choice_shown:  # the status no longer names a candidate
             self._choice_shown = False
             self.set_status("")
 
