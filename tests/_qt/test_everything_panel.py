@@ -140,3 +140,60 @@ def test_every_slice_of_a_lazy_stack_is_read_in_the_worker_one_plane_at_a_time(
     assert len(planes.reads) == 24 and not any(planes.reads)  # each plane once, in the worker
     gaps = np.diff(ticks)
     assert len(gaps) > 20 and gaps.max() < 0.150, f"longest GUI stall {gaps.max() * 1000:.0f} ms"
+
+
+def test_link_slices_gives_one_id_per_3d_object(make_napari_viewer, monkeypatch):
+    """The disc decoder finds the same discs (around the grid points) in every slice:
+    each column of discs through z is one 3D object. Linking runs in the worker."""
+    import threading
+
+    from napari_sam.volume import linking
+
+    in_gui_thread = []
+    link = linking.link_slices
+
+    def recording_link(*args, **kwargs):
+        in_gui_thread.append(threading.current_thread() is threading.main_thread())
+        return link(*args, **kwargs)
+
+    monkeypatch.setattr(linking, "link_slices", recording_link)
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_stack(3), name="stack")
+    widget = open_widget(viewer, disc_model())
+    panel = widget.everything
+    panel.settings.points_per_side.value = 4
+    panel.settings.stability_score_thresh.value = 0.8
+    assert not panel.link_slices.enabled  # only with "every slice"
+    panel.every_slice.value = True
+    assert panel.link_slices.enabled
+    unlinked = widget.segment_everything(wait=True).data.copy()
+    panel.link_slices.value = True
+    labels = widget.segment_everything(wait=True).data
+    assert in_gui_thread == [False]  # once, in the worker
+    per_slice = len(np.unique(unlinked[0])) - 1
+    assert per_slice >= 3 and len(np.unique(unlinked)) - 1 == 3 * per_slice
+    assert set(np.unique(labels)) == set(range(per_slice + 1))  # one id per 3D object
+    for z in range(3):
+        np.testing.assert_array_equal(labels[z], labels[0])
+    assert ((labels > 0) == (unlinked > 0)).all()
+    assert f"{per_slice} objects" in widget.status_label.text()
+    panel.every_slice.value = False  # the option is off (and greyed out) with it
+    assert not panel.link_slices.enabled
+
+
+def test_link_slices_of_a_time_lapse_links_z_within_each_t(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blobs_stack(3)] * 2), name="tzyx")
+    widget = open_widget(viewer, disc_model())
+    panel = widget.everything
+    panel.settings.points_per_side.value = 4
+    panel.settings.stability_score_thresh.value = 0.8
+    panel.every_slice.value = panel.link_slices.value = True
+    assert panel.link_axis(widget.current_view()) == 1  # z, the sliced axis nearest (y, x)
+    labels = widget.segment_everything(wait=True).data
+    first, second = set(np.unique(labels[0])) - {0}, set(np.unique(labels[1])) - {0}
+    assert first and second and not first & second  # each t its own objects
+    assert len(first) == len(second) == len(np.unique(labels[0, 0])) - 1
+    for t in range(2):
+        for z in range(3):
+            np.testing.assert_array_equal(labels[t, z], labels[t, 0])

@@ -272,6 +272,12 @@ def test_2d_gray_and_rgb_images_are_one_slice(model):
         (np.zeros((2, 8, 8)), {"displayed": (0, 3)}, "two different axes"),
         (np.zeros((2, 8, 8)), {"displayed": (0,)}, "two different axes"),
         (np.zeros((2, 8, 8)), {"points_per_side": 0}, "points_per_side"),
+        (np.zeros((2, 8, 8)), {"link_axis": 1}, "link_axis"),  # a displayed axis
+        (np.zeros((2, 8, 8)), {"link_axis": 3}, "link_axis"),
+        (np.zeros((2, 8, 8)), {"link_axis": True}, "link_axis"),
+        (np.zeros((8, 8)), {"link_axis": 0}, "link_axis"),
+        (np.zeros((2, 8, 8)), {"link_axis": 0, "min_link_iou": 0}, "min_link_iou"),
+        (np.zeros((2, 8, 8)), {"link_axis": 0, "min_link_iou": 2}, "min_link_iou"),
     ],
 )
 def test_bad_input_is_a_clear_error(model, data, kwargs, message):
@@ -279,3 +285,40 @@ def test_bad_input_is_a_clear_error(model, data, kwargs, message):
     with pytest.raises(ValueError, match=message):
         segment_everything_slices(model, data, **kwargs)
     assert model.encoded == 0  # before any slice
+
+
+# A disc drifting through slices 0-3 (one object), one that ends at slice 1 and one that
+# appears at slice 2 elsewhere (two more).
+DRIFT = [[(30, 30), (60, 95)], [(32, 32), (60, 95)], [(34, 34), (70, 60)],
+         [(36, 36), (70, 60)]]  # fmt: skip
+
+
+def test_link_axis_gives_each_object_one_id_through_the_slices(model):
+    stack = disc_stack(DRIFT)
+    unlinked = segment_everything_slices(model, stack, **PARAMS)
+    assert len(np.unique(unlinked)) - 1 == 8  # a new id in every slice
+    labels = segment_everything_slices(model, stack, link_axis=0, **PARAMS)
+    assert labels.shape == stack.shape and labels.dtype == np.int32
+    ids = [assert_discs_found(p, c) for p, c in zip(labels, DRIFT, strict=True)]
+    drifting, ending, appearing = ids[0][0], ids[0][1], ids[2][1]
+    assert [i[0] for i in ids] == [drifting] * 4
+    assert ids[1][1] == ending and ids[3][1] == appearing
+    assert {drifting, ending, appearing} == {1, 2, 3}  # consecutive from 1
+    # The same objects as without linking, only their ids changed.
+    assert ((labels > 0) == (unlinked > 0)).all()
+    assert len({(a, b) for a, b in zip(labels.ravel(), unlinked.ravel(), strict=True)}) == 9
+
+
+def test_link_axis_of_a_time_lapse_links_z_within_each_time_point(model):
+    stack = np.stack([disc_stack(DRIFT), disc_stack(DRIFT)])  # (T, Z, Y, X)
+    labels = segment_everything_slices(model, stack, link_axis=1, **PARAMS)
+    assert set(np.unique(labels[0])) == {0, 1, 2, 3}
+    assert set(np.unique(labels[1])) == {0, 4, 5, 6}
+    np.testing.assert_array_equal(labels[1], np.where(labels[0] > 0, labels[0] + 3, 0))
+    # Displayed axes (row, col) = (0, 2) of (Y, Z, X) data: linked along z, axis 1.
+    moved = np.moveaxis(disc_stack(DRIFT), 0, 1)
+    labels = segment_everything_slices(model, moved, displayed=(0, 2), link_axis=-2, **PARAMS)
+    assert len(np.unique(labels)) - 1 == 3
+    for z, centres in enumerate(DRIFT):
+        assert_discs_found(labels[:, z], centres)
+    assert {int(labels[DRIFT[z][0][0], z, DRIFT[z][0][1]]) for z in range(4)} == {1}

@@ -1,5 +1,7 @@
 """The "Segment everything" panel of the Segment Anything widget: automatic masks for
-the 2D view on screen, or for every slice of nD data, into a new Labels layer.
+the 2D view on screen, or for every slice of nD data, into a new Labels layer; the
+objects of every slice optionally linked into 3D objects
+(`napari_sam.volume.linking.link_slices`).
 
 The work is `napari_sam.automatic.segment_slices` (Qt-free), run as a `Job` of the widget
 it belongs to; the filters are a magicgui form of the generator's parameters. It uses the
@@ -24,6 +26,12 @@ if TYPE_CHECKING:
     from .sam_widget import SamWidget
 
 __all__ = ["SegmentEverythingPanel"]
+
+LINK_TOOLTIP = (
+    "After every slice is segmented, an object takes the id of the object it overlaps\n"
+    "(IoU >= 0.5, one to one) in the slice before, along the sliced axis nearest the\n"
+    "displayed ones: z of (Z, Y, X) data; of (T, Z, Y, X) data z too, every t on its own."
+)
 
 
 def _settings_form() -> Container:
@@ -74,8 +82,12 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self.run_button.setToolTip("Automatic masks from a grid of points, into a new layer")
         self.run_button.clicked.connect(lambda: self.run())
         self.every_slice = CheckBox(text="every slice")
+        self.link_slices = CheckBox(text="link slices into 3D objects", enabled=False,
+                                    tooltip=LINK_TOOLTIP)  # fmt: skip
+        self.every_slice.changed.connect(lambda on: setattr(self.link_slices, "enabled", on))
         row.addWidget(self.run_button)
         row.addWidget(self.every_slice.native)
+        row.addWidget(self.link_slices.native)
         layout.addLayout(row)
         # A tick box that shows the filters: a collapsed group box would stay an empty frame.
         self.advanced = CheckBox(text="advanced settings")
@@ -103,6 +115,19 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             views.append(ViewSpec(current.displayed, index))
         return views
 
+    def link_axis(self, current: ViewSpec) -> int | None:
+        """The axis the slices' objects are linked along: with "every slice" and "link
+        slices" ticked, the sliced axis (longer than 1, not the channel axis) nearest the
+        displayed ones, the later one on a tie (z of (T, Z, Y, X)); else None."""
+        if not (self.every_slice.value and self.link_slices.value):
+            return None
+        channel_axis = self.sam.view_options()["channel_axis"]
+        shape = spatial_shape(self.sam.image_layer)
+        sliced = [a for a in current.slice_index if a != channel_axis and shape[a] > 1]
+        if not sliced:
+            return None
+        return min(sliced, key=lambda a: (min(abs(a - d) for d in current.displayed), -a))
+
     def run(self, wait: bool = False):
         """Segment the view on screen (or every slice) into a new Labels layer; returns
         that layer when `wait` (None if there was nothing to do or it was cancelled)."""
@@ -125,10 +150,12 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
                 sam.set_status("Load a model (Load button), then click on an object.")
             return
         layer = sam.image_layer
-        views = self.views(sam.current_view())
+        current = sam.current_view()
+        views, link_axis = self.views(current), self.link_axis(current)
         # Made here, in the GUI thread, so bad settings become a message at once.
         generator = AutomaticMaskGenerator(sam.model, **self.parameters())
-        session, ndim = sam.session, len(spatial_shape(layer))
+        session, shape = sam.session, spatial_shape(layer)
+        ndim = len(shape)
         # The view on screen keeps its embedding whatever the cache's budget: use it too.
         running: list = []  # the job, once its worker runs the loop
         slices = segment_slices(
@@ -147,14 +174,25 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             from ..view import mask_indices
 
             running.append(job)
+            # Linking needs every slice at once: the worker keeps its own copy.
+            linked = None if link_axis is None else np.zeros(shape, np.int32)
             try:
                 for step in slices:
                     found, view = step.labels > 0, step.view
-                    yield mask_indices(found, view.displayed, view.slice_index, ndim), \
-                        step.labels[found]  # fmt: skip
+                    indices = mask_indices(found, view.displayed, view.slice_index, ndim)
+                    yield indices, step.labels[found]
+                    if linked is not None:
+                        linked[indices] = step.labels[found]
                     job.report(step.index + 1)
             except GenerationCancelled:
                 job.check()
+            if linked is not None:
+                from ..volume.linking import link_slices
+
+                job.set_description("SAM: linking slices into 3D objects")
+                linked = link_slices(linked, link_axis, plane_axes=current.displayed)
+                job.check()
+                yield Ellipsis, linked  # the whole layer: one copy in the GUI thread
 
         def write(step) -> None:
             indices, values = step

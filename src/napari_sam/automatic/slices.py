@@ -142,6 +142,8 @@ def segment_everything_slices(
     displayed: Sequence[int] = (-2, -1),
     rgb: bool | None = None,
     cancelled: Callable[[], bool] | None = None,
+    link_axis: int | None = None,
+    min_link_iou: float = 0.5,
     **params,
 ) -> np.ndarray:
     """Segment everything in every 2D slice of `data`; the labels of all slices together.
@@ -152,10 +154,17 @@ def segment_everything_slices(
     displayed: the (row, col) axes of each slice (default the last two spatial axes).
     rgb: the last axis holds colour; None guesses it for 3D data whose last axis is 3 or 4.
     cancelled: as in `segment_slices` (raises `GenerationCancelled`).
+    link_axis: a spatial axis that is not displayed (e.g. 0, z, of (Z, Y, X) data):
+        the objects of consecutive slices along it that overlap with IoU >= min_link_iou
+        become one 3D object (`napari_sam.volume.linking.link_slices`: IoU and an
+        optimal one-to-one assignment; every index of the other sliced axes, e.g. t,
+        on its own). None: every object of every slice keeps its own id.
+    min_link_iou: the least IoU, in (0, 1], for two objects to be linked.
     params: `AutomaticMaskGenerator`'s (Meta's defaults; `MICROSCOPY_DEFAULTS` for cells).
 
     Returns int32 labels of the data's spatial shape (the colour axis dropped), 0 for
-    background, every object with its own id across all slices (ids may skip values).
+    background, every object with its own id across all slices (ids may skip values);
+    with link_axis, one id per linked 3D object, consecutive from 1.
     Raises ValueError for bad axes or parameters (before any slice is segmented).
     """
     if not hasattr(data, "shape") or not hasattr(data, "ndim"):
@@ -164,6 +173,9 @@ def segment_everything_slices(
         rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
     shape = tuple(data.shape[:-1] if rgb else data.shape)
     views = slice_views(shape, displayed)
+    link = None
+    if link_axis is not None:
+        link = _link_axes(len(shape), views[0].displayed, link_axis, min_link_iou)
     generator = AutomaticMaskGenerator(model, **params)
     labels = np.zeros(shape, np.int32)
 
@@ -173,4 +185,29 @@ def segment_everything_slices(
     for _, view, plane, _ in segment_slices(generator, read, views, cancelled=cancelled):
         found = plane > 0
         labels[mask_indices(found, view.displayed, view.slice_index, len(shape))] = plane[found]
+    if link is not None:
+        from ..volume.linking import link_slices  # volume is only needed for linking
+
+        axis, plane_axes = link
+        labels = link_slices(labels, axis, min_link_iou, plane_axes=plane_axes)
     return labels
+
+
+def _link_axes(ndim: int, displayed: tuple[int, int], link_axis, min_iou):
+    """(link axis, plane axes) for `link_slices`, checked before any slice is segmented."""
+    from ..volume.linking import linking_axes
+
+    if (
+        isinstance(link_axis, bool)
+        or not isinstance(link_axis, int | np.integer)
+        or not (-ndim <= link_axis < ndim)
+        or int(link_axis) % ndim in displayed
+    ):
+        raise ValueError(
+            f"link_axis must be a spatial axis that is not displayed (not {displayed}) of "
+            f"the {ndim}D data, e.g. 0 for (Z, Y, X); got {link_axis!r}."
+        )
+    try:
+        return linking_axes(ndim, link_axis, min_iou, plane_axes=displayed)
+    except ValueError as error:  # only min_iou is left to be wrong: say it by its name here
+        raise ValueError(str(error).replace("min_iou", "min_link_iou")) from None
