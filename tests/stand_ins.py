@@ -71,3 +71,39 @@ def disc_model(seed: int = 1):
 
     model.decode_iou_first = types.MethodType(decode_iou_first, model)
     return model
+
+
+def ellipsoid_stack(shape=(40, 128, 128), radii=(15, 36, 28), noise=25.0, seed=0):
+    """A bright ellipsoid in a noisy uint8 stack, and its (Z, Y, X) bool truth."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = [n / 2 for n in shape]
+    inside = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), centre, radii, strict=True)) <= 1
+    image = np.where(inside, 170.0, 60.0) + rng.normal(0, noise, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), inside
+
+
+def moving_disc_movie(frames=24, size=128, radius=18, step=(2, 3), noise=20.0, seed=0):
+    """A disc moving `step` (rows, cols) pixels per frame: uint8 (T, Y, X) and its truth."""
+    rng = np.random.default_rng(seed)
+    y, x = np.ogrid[:size, :size]
+    truth = np.zeros((frames, size, size), bool)
+    for t in range(frames):
+        centre = (30 + step[0] * t, 30 + step[1] * t)
+        truth[t] = (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2
+    image = np.where(truth, 180.0, 50.0) + rng.normal(0, noise, truth.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def touching_spheres(shape=(24, 128, 128), radius=20, noise=15.0, seed=0):
+    """Two bright spheres touching along the column axis, a dark seam between them:
+    uint8 (Z, Y, X) and the (Z, Y, X) truth with ids 1 and 2."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre_z, centre_y = shape[0] / 2, shape[1] / 2
+    truth = np.zeros(shape, np.int32)
+    for label, centre_x in ((1, shape[2] / 2 - radius), (2, shape[2] / 2 + radius)):
+        inside = (z - centre_z) ** 2 + (y - centre_y) ** 2 + (x - centre_x) ** 2 <= radius**2
+        truth[inside & (truth == 0)] = label
+    image = np.where(truth > 0, 170.0, 50.0) + rng.normal(0, noise, shape)
+    return np.clip(image, 0, 255).astype(np.uint8), truth

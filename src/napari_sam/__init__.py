@@ -23,6 +23,10 @@ _LAZY = {
     "load_model": "napari_sam.zoo",
     "available_devices": "napari_sam.zoo",
     "AnnotationSession": "napari_sam.interactive",
+    "propagate": "napari_sam.volume",
+    "propagate_objects": "napari_sam.volume",
+    "embed_slices": "napari_sam.volume",
+    "link_slices": "napari_sam.volume",
 }
 
 __all__ = [
@@ -36,8 +40,12 @@ __all__ = [
     "__version__",
     "available_devices",
     "build_sam",
+    "embed_slices",
+    "link_slices",
     "load_model",
     "masks_to_labels",
+    "propagate",
+    "propagate_objects",
 ]
 
 if TYPE_CHECKING:
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
     from .interactive import AnnotationSession
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor
+    from .volume import embed_slices, link_slices, propagate, propagate_objects
     from .zoo import available_devices, load_model
 
 

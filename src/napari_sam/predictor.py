@@ -201,6 +201,62 @@ class SamPredictor:
             masks = logits[:, 0] > self.model.mask_threshold
         return masks.cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
+    def predict_batch(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_inputs: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """B objects on the current image, each with its own prompts, decoded in one
+        batch: (low-res logits (B, M, h, w) float32, predicted IoU (B, M)), M = 1, or
+        the 3 ambiguity masks with `multimask`.
+
+        points: (B, N, 2) (row, col), the same N for every object (pad with label -1);
+        labels: (B, N) 1 foreground, 0 background, -1 padding (default all 1); boxes:
+        (B, 4) (min_row, min_col, max_row, max_col); mask_inputs: (B, h, w) low-res
+        logits, as `predict` returns them. `upscale_masks` turns the logits into masks.
+        Raises ValueError for prompts of other shapes or batch sizes.
+        """
+        embedding = self._require_embedding()
+        sizes = {len(p) for p in (points, boxes, mask_inputs) if p is not None}
+        if not sizes:
+            raise ValueError("Give at least one prompt: points, boxes or mask_inputs.")
+        if len(sizes) != 1:
+            raise ValueError(f"Give every prompt for the same number of objects; got {sizes}.")
+        point_t = box_t = mask_t = None
+        device = self.model.device
+        if points is not None:
+            coords = _finite_array(points, "points")
+            if coords.ndim != 3 or coords.shape[-1] != 2:
+                raise ValueError(f"points must have shape (B, N, 2); got {coords.shape}.")
+            labels = np.ones(coords.shape[:2], np.int64) if labels is None else labels
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != coords.shape[:2] or not np.isin(labels, (-1, 0, 1)).all():
+                raise ValueError(f"labels must be (B, N) of 1, 0 or -1; got {labels.shape}.")
+            point_t = (
+                torch.as_tensor(self._scale_xy(coords, embedding), device=device),
+                torch.as_tensor(labels, device=device),
+            )
+        if boxes is not None:
+            corners = _finite_array(boxes, "boxes")
+            if corners.ndim != 2 or corners.shape[1] != 4:
+                raise ValueError(f"boxes must have shape (B, 4); got {corners.shape}.")
+            xy = np.stack([self._box_to_model(box, embedding) for box in corners])
+            box_t = torch.as_tensor(xy, device=device)
+        if mask_inputs is not None:
+            masks = _finite_array(mask_inputs, "mask_inputs").astype(np.float32)
+            expected = self.model.prompt_encoder.mask_input_size
+            if masks.ndim != 3 or masks.shape[1:] != expected:
+                raise ValueError(f"mask_inputs must be (B, *{expected}); got {masks.shape}.")
+            mask_t = torch.as_tensor(masks, device=device)[:, None]
+        with torch.inference_mode():
+            low_res, iou = self.model.decode(
+                embedding.features, point_t, box_t, mask_t, bool(multimask)
+            )
+        return low_res.float().cpu().numpy(), iou.float().cpu().numpy()
+
     # -- conversion of prompts to the model's (x, y) input frame, done here only ----
     def _require_embedding(self) -> ImageEmbedding:
         if self._embedding is None:

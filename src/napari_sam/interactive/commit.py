@@ -28,6 +28,7 @@ __all__ = [
     "PlaneMapping",
     "mask_to_labels_indices",
     "plan_commit",
+    "plan_objects_commit",
     "unwritable_reason",
     "view_to_labels",
 ]
@@ -176,6 +177,7 @@ class CommitPlan:
     writes: list[tuple[tuple[np.ndarray, ...], int]] = field(default_factory=list)
     outside: int = 0
     covered: int = 0
+    sources: list[int] = field(default_factory=list)  # the input object of each write
 
     @property
     def ids(self) -> list[int]:
@@ -197,15 +199,28 @@ def plan_commit(
     the dtype (then nothing of the batch may be written), and the errors of
     `mask_to_labels_indices`.
     """
+    return plan_objects_commit([[(mask, mapping)] for mask in masks], labels, overwrite)
+
+
+def plan_objects_commit(
+    objects: Sequence[Sequence[tuple[np.ndarray, PlaneMapping]]],
+    labels: np.ndarray,
+    overwrite: bool = False,
+) -> CommitPlan:
+    """`plan_commit` for objects made of several 2D masks, each with its own mapping
+    (the slices of an object propagated through a stack): one new id per object, all
+    its slices written in one step. Same rules and errors as `plan_commit`."""
     dtype = labels.dtype
     if dtype.kind not in "iu":
         raise CommitError(f"The labels hold {dtype} values; labels must be integer ids.")
     next_id = int(np.max(labels, initial=0)) + 1
     plan = CommitPlan()
     claimed = np.zeros(0, np.intp)  # flat indices an earlier mask of this batch writes
-    for mask in masks:
-        indices = mask_to_labels_indices(mask, mapping, labels.shape)
-        if indices[0].size == 0:
+    for number, parts in enumerate(objects):
+        pieces = [mask_to_labels_indices(m, mapping, labels.shape) for m, mapping in parts]
+        indices = tuple(np.concatenate(axis) for axis in zip(*pieces, strict=True)) \
+            if pieces else ()  # fmt: skip
+        if not indices or indices[0].size == 0:
             plan.outside += 1
             continue
         if not overwrite:
@@ -217,6 +232,7 @@ def plan_commit(
             plan.covered += 1
             continue
         plan.writes.append((indices, next_id))
+        plan.sources.append(number)
         next_id += 1
     limit = np.iinfo(dtype).max
     if plan.writes and plan.ids[-1] > limit:

@@ -31,11 +31,12 @@ from ..view import ViewSpec
 from .candidates import Candidate, PromptSet, best_index, prompts_grew, rank_candidates
 from .commit import CommitError, CommitPlan, plan_commit, unwritable_reason, view_to_labels
 from .embedded_view import EmbeddedView
+from .propagating import PropagatingSession
 
 __all__ = ["AnnotationSession"]
 
 
-class AnnotationSession(EmbeddedView):
+class AnnotationSession(PropagatingSession, EmbeddedView):
     """Interactive SAM on one 2D view at a time. See the module docstring for a script.
 
     Parameters: `model`, a `Sam` (or None, then `set_model` later); `cache`, an
@@ -195,11 +196,14 @@ class AnnotationSession(EmbeddedView):
             box = self._boxes[-1] if n_boxes else None
             prompts = PromptSet.from_arrays(self._points, self._labels, box)
             grew = self._last_logits is not None and prompts_grew(self._last_prompts, prompts)
+            mask_input = self._last_logits if grew else None
+            if mask_input is None and n_points:  # a click on a propagated object refines it
+                mask_input = self.propagated_logits(self._points[0])
             _, scores, logits = predictor.predict(
                 points=self._points if n_points else None,
                 labels=self._labels if n_points else None,
                 box=box,
-                mask_input=self._last_logits if grew else None,
+                mask_input=mask_input,
                 upscale=False,  # only the candidates looked at are upscaled
             )
             makers = [functools.partial(predictor.upscale_masks, low, embedding) for low in logits]

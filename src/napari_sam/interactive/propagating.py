@@ -1,0 +1,210 @@
+"""The session's objects through a stack: propagate what is selected on this slice along
+an axis of nD data, correct it on any slice, divide it (time-lapses), commit it with one
+id per object. A part of `AnnotationSession` (see `napari_sam.volume` for the engine).
+
+>>> session.set_image(stack, {0: 12}); session.add_point((40, 52))
+>>> objects = session.propagate()            # along the one sliced axis; VolumeObjects
+>>> session.set_image(stack, {0: 20}); session.add_point((44, 50), positive=False)
+>>> session.propagate()                      # a correction on slice 20, re-propagated
+>>> session.commit_propagation(labels)       # one id per object, all slices
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .commit import CommitError, CommitPlan, plan_objects_commit, unwritable_reason, view_to_labels
+
+__all__ = ["PropagatingSession"]
+
+
+class PropagatingSession:
+    """Mixin of `AnnotationSession`: needs its view, model, cache and candidates."""
+
+    _propagation = None
+    last_lineage = None  # the lineage table of the last propagation committed
+    _propagation_source = None  # (data, read options, displayed, other axes) it belongs to
+
+    @property
+    def propagation(self):
+        """The `napari_sam.volume.Propagation` being built (None when there is none)."""
+        return self._propagation
+
+    def propagation_axes(self) -> list[int]:
+        """The axes of the data the current view can be propagated along: its sliced
+        axes, without a channel axis that forms the view."""
+        if self._view is None:
+            return []
+        channel = self._read_options.get("channel_axis") if self._read_options.get("channels") \
+            else None  # fmt: skip
+        return [a for a in self._view.slice_index if a != channel]
+
+    def plan_propagation(self, axis: int | None = None, settings=None):
+        """Put the current slice's result into the propagation without running it (a GUI
+        runs `propagation.run()` in a worker): the selected candidate (or every box's
+        object) starts new objects, or corrects the object it overlaps when the view is
+        a slice of the current propagation. Returns the `Propagation`.
+        Raises ValueError without a mask to propagate or a sliced axis to go along."""
+        from ..volume.propagation import Propagation
+        from ..volume.stack import SliceStack
+
+        axes = self.propagation_axes()
+        if axis is None:
+            if not axes:
+                raise ValueError("The view has no sliced axis: propagation needs a stack "
+                                 "(set_image(stack, {0: z})).")  # fmt: skip
+            axis = axes[-1]  # the sliced axis nearest the displayed ones: z of (t, z, y, x)
+        if axis not in axes:
+            raise ValueError(f"Axis {axis} is not a sliced axis of the view; choose one of "
+                             f"{axes}.")  # fmt: skip
+        candidates = self.candidates
+        if not candidates:
+            raise ValueError("Nothing to propagate: add a prompt on this slice first.")
+        chosen = [self.selected] if self.selected is not None else candidates
+        index = self._view.slice_index[axis]
+        source = self._source_of(axis)
+        engine = self._propagation
+        if engine is None or self._propagation_source != source or (
+            settings is not None and settings != engine.settings):
+            stack = SliceStack(self._require_model(), self._data, self._view, axis,
+                               read_options=self._read_options, cache=self.cache)  # fmt: skip
+            engine = Propagation(stack, settings)
+            self._propagation, self._propagation_source = engine, source
+        if self._current is not None:  # the view's embedding, whatever the cache's budget
+            engine.stack.remember(index, self._current[1])
+        corrected = set()
+        for candidate in chosen:
+            number = self._object_under(candidate.mask, index)
+            if number is None or number in corrected:
+                engine.add_objects(index, masks=candidate.mask[None],
+                                   logits=candidate.logits[None])  # fmt: skip
+            else:
+                engine.correct(number, index, mask=candidate.mask, logits=candidate.logits)
+                corrected.add(number)
+        self.drop_used_prompts()
+        return engine
+
+    def propagate(self, axis: int | None = None, settings=None, cancelled=None, progress=None):
+        """`plan_propagation` and run it here: returns the objects (`VolumeObject`s)."""
+        return self.plan_propagation(axis, settings).run(cancelled, progress)
+
+    def divide(self, axis: int | None = None) -> list[int]:
+        """Divide the propagated object under the positive points of this slice (a frame
+        of a time-lapse) into one daughter per point: the parent ends on the previous
+        frame, the daughters start here and are queued (run `propagation.run()`).
+        Returns the daughters' object numbers; raises ValueError without a propagated
+        object under the points or with fewer than 2 positive points."""
+        engine = self._propagation
+        positive = self._points[self._labels == 1]
+        if not self._propagation_covers_view():
+            raise ValueError("Propagate the object first, then divide it on a later frame.")
+        if len(positive) < 2:
+            raise ValueError("Place one positive point on each daughter (at least 2).")
+        index = self._view.slice_index[engine.stack.axis]
+        parent = self._object_under_point(positive[0], index - 1) \
+            if index > 0 else None  # fmt: skip
+        if parent is None:
+            raise ValueError("No propagated object on the previous frame under the first "
+                             "point: a division splits an object that was there.")  # fmt: skip
+        daughters = engine.divide(parent, index, positive)
+        self.clear()
+        return daughters
+
+    def clear_propagation(self) -> None:
+        """Forget the propagation (nothing is written)."""
+        self._propagation = self._propagation_source = None
+
+    def plan_propagation_commit(self, labels, overwrite: bool = False, image_to_world=None,
+                                labels_to_world=None, world_point=None) -> CommitPlan:  # fmt: skip
+        """Plan writing every propagated object into `labels` with one new id each, all
+        its slices in one step (see `plan_commit` for ids, overwrite and frames; without
+        frames `labels` has the image's spatial shape)."""
+        engine = self._propagation
+        if engine is None or not any(o.planes for o in engine.objects):
+            raise ValueError("Nothing propagated to commit: propagate an object first.")
+        shape = tuple(np.shape(labels))
+        spatial = len(self._view.displayed) + len(self._view.slice_index)
+        if image_to_world is None and labels_to_world is None:
+            image_shape = tuple(self._data.shape[:spatial])
+            if shape != image_shape:
+                raise ValueError(f"Labels of shape {shape} do not match the image "
+                                 f"{image_shape}: pass labels of that shape or the frames.")
+        image_to_world = np.eye(spatial + 1) if image_to_world is None else image_to_world
+        labels_to_world = np.eye(len(shape) + 1) if labels_to_world is None else labels_to_world
+        stack, objects = engine.stack, []
+        for obj in engine.objects:
+            objects.append([
+                (plane, view_to_labels(stack.view(i), image_to_world, labels_to_world,
+                                       len(shape), world_point))
+                for i, plane in obj.planes.items()
+            ])  # fmt: skip
+        return plan_objects_commit(objects, labels, overwrite)
+
+    def commit_propagation(self, labels, overwrite: bool = False, **frames) -> list[int]:
+        """Write every propagated object into `labels` (an in-memory integer numpy array)
+        with one new id each and forget the propagation. Returns the ids, in object
+        order (an object with nothing to write gets none). Errors as `commit`."""
+        reason = unwritable_reason(labels)
+        if reason is not None:
+            raise CommitError(f"The labels array {reason}; pass a writable in-memory numpy "
+                              "array of integer ids.")  # fmt: skip
+        plan = self.plan_propagation_commit(labels, overwrite, **frames)
+        for indices, label_id in plan.writes:
+            labels[indices] = label_id
+        self.remember_lineage(plan)
+        self.clear_propagation()
+        return plan.ids
+
+    def remember_lineage(self, plan: CommitPlan) -> None:
+        """After a propagation commit: `last_lineage` becomes its objects' lineage table
+        (label, parent, first_frame, last_frame; see `napari_sam.volume.lineage`)."""
+        from ..volume.lineage import lineage_table
+
+        ids = dict(zip(plan.sources, plan.ids, strict=True))
+        self.last_lineage = lineage_table(self._propagation.objects, ids)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _source_of(self, axis: int) -> tuple:
+        others = tuple((a, i) for a, i in self._view.slice_index.items() if a != axis)
+        options = tuple(sorted(self._read_options.items()))
+        return (id(self._data), options, self._view.displayed, axis, others)
+
+    def _propagation_covers_view(self) -> bool:
+        engine = self._propagation
+        return engine is not None and self._view is not None and \
+            engine.stack.axis in self._view.slice_index and \
+            self._propagation_source == self._source_of(engine.stack.axis)  # fmt: skip
+
+    def _object_under(self, mask: np.ndarray, index: int) -> int | None:
+        """The propagated object overlapping `mask` most on slice `index` (None: none)."""
+        if not self._propagation_covers_view():
+            return None
+        best, most = None, 0
+        for number, obj in enumerate(self._propagation.objects):
+            plane = obj.planes.get(index)
+            overlap = 0 if plane is None else int(np.logical_and(plane, mask).sum())
+            if overlap > most:
+                best, most = number, overlap
+        return best
+
+    def _object_under_point(self, point: Sequence[float], index: int) -> int | None:
+        if not self._propagation_covers_view():
+            return None
+        row, col = (round(float(v)) for v in point)
+        for number, obj in enumerate(self._propagation.objects):
+            plane = obj.planes.get(index)
+            if plane is not None and 0 <= row < plane.shape[0] and 0 <= col < plane.shape[1] \
+                    and plane[row, col]:  # fmt: skip
+                return number
+        return None
+
+    def propagated_logits(self, point: Sequence[float]) -> np.ndarray | None:
+        """The low-res logits of the propagated object under `point` on this slice, the
+        mask prompt that refines it when the user clicks there (None: no object)."""
+        if not self._propagation_covers_view():
+            return None
+        index = self._view.slice_index[self._propagation.stack.axis]
+        number = self._object_under_point(point, index)
+        return None if number is None else self._propagation.logits(number, index)
