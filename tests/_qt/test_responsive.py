@@ -63,3 +63,41 @@ def test_event_loop_keeps_ticking_while_encoding(make_napari_viewer):
     )
     assert len(gaps) > 50
     assert gaps.max() < 0.150, f"longest gap {gaps.max() * 1000:.0f} ms"
+
+
+def test_event_loop_keeps_ticking_while_propagating(make_napari_viewer):
+    from napari_sam import load_model
+    from tests.stand_ins import ellipsoid_stack
+
+    volume, _ = ellipsoid_stack(shape=(40, 512, 512), radii=(15, 80, 64))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume)
+    widget = open_widget(viewer, load_model("tiny_cells"))
+    viewer.dims.set_current_step(0, 20)
+    assert widget.compute_embedding(wait=True)
+    widget.points_layer.add([[20, 256, 256]])
+    widget.wait()
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    start = time.perf_counter()
+    try:
+        widget.propagate(wait=False)  # embeds the slices it reaches, then decodes, in a worker
+        assert widget.propagation.busy
+        while widget.propagation.busy:
+            QApplication.processEvents()
+            time.sleep(0.002)
+        for _ in range(10):  # the result drawn into its layer
+            QApplication.processEvents()
+            time.sleep(0.01)
+    finally:
+        timer.stop()
+    seconds = time.perf_counter() - start
+    (obj,) = widget.session.propagation.objects
+    assert len(obj.slices) > 20 and len(widget.cache) > 20  # the slices were embedded
+    gaps = np.diff(ticks)
+    print(f"propagation {seconds:.1f} s, {len(obj.slices)} slices, "
+          f"max gap {gaps.max() * 1000:.0f} ms")
+    assert gaps.max() < 0.150, f"longest gap {gaps.max() * 1000:.0f} ms"

@@ -42,7 +42,7 @@ def test_propagate_the_selected_candidate_and_commit_it_with_one_id(model, ellip
 
 
 def test_prompts_on_another_slice_correct_the_object_there(model, ellipsoid):
-    volume, truth = ellipsoid
+    volume, _truth = ellipsoid
     session = AnnotationSession(model)
     session.set_image(volume, {0: 20})
     session.add_point((64, 64))
@@ -59,7 +59,7 @@ def test_prompts_on_another_slice_correct_the_object_there(model, ellipsoid):
 
 
 def test_a_4d_image_propagates_along_z_within_its_time_point(model, ellipsoid):
-    volume, truth = ellipsoid
+    volume, _truth = ellipsoid
     movie = np.stack([volume[:, ::-1], volume])  # (T, Z, Y, X)
     session = AnnotationSession(model)
     session.set_image(movie, {0: 1, 1: 20})
@@ -75,7 +75,7 @@ def test_a_4d_image_propagates_along_z_within_its_time_point(model, ellipsoid):
 
 
 def test_divide_in_the_session(model):
-    movie, truth = dividing_movie()
+    movie, _truth = dividing_movie()
     session = AnnotationSession(model)
     session.set_image(movie, {0: 0})
     session.add_point((64, 64))

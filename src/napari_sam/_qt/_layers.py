@@ -116,7 +116,7 @@ def view_on_screen(viewer, layer) -> ViewSpec:
     Raises UserError in the 3D view."""
     dims = viewer.dims
     if dims.ndisplay != 2:
-        raise UserError("Segment Anything works in the 2D view; switch the viewer to 2D.")
+        raise UserError("clicks work in the 2D view; switch the viewer to 2D to annotate.")
     offset = dims.ndim - layer.ndim
     displayed = [axis - offset for axis in dims.displayed if axis - offset >= 0]
     if len(displayed) != 2:

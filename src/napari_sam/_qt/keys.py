@@ -8,13 +8,15 @@ __all__ = ["KEYS", "NEGATIVE_MODIFIER", "KeyBindings", "keys_help"]
 
 # Keys no napari layer (Points, Shapes, Labels, Image) nor the viewer binds by default.
 KEYS = {
-    "K": ("commit", "commit the preview as a new label"),
+    "K": ("commit", "commit the preview (or the propagation) as new label(s)"),
     "Q": ("clear", "clear prompts and preview"),
     "N": ("toggle_polarity", "toggle negative / positive points"),
     "G": ("next_candidate", "next candidate"),
     "8": ("select_whole", "whole"),
     "9": ("select_part", "part"),
     "0": ("select_subpart", "subpart"),
+    "J": ("propagate", "propagate through the stack / apply a correction"),
+    "H": ("divide", "divide a tracked object (a point on each daughter)"),
 }
 NEGATIVE_MODIFIER = "Control"  # Ctrl-click adds a negative point
 

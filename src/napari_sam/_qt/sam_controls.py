@@ -154,6 +154,10 @@ def build_controls(w) -> None:
     layout.addLayout(_row(w.commit_button, w.clear_button))
 
     from .everything_panel import SegmentEverythingPanel
+    from .propagation_panel import PropagationPanel
+
+    w.propagation = PropagationPanel(w)
+    layout.addWidget(w.propagation)
 
     w.everything = SegmentEverythingPanel(w)
     layout.addWidget(w.everything)

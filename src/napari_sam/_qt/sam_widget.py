@@ -205,6 +205,7 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
                                    **self.view_options())  # fmt: skip
         except (ValueError, IndexError) as error:
             raise UserError(str(error)) from None
+        self.propagation.refresh_axes()
         return view
 
     def _ready(self) -> bool:
@@ -264,7 +265,10 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         try:
             self._update_prediction()
         except (UserError, ValueError) as error:
-            self.user_error(error)
+            if self.viewer.dims.ndisplay != 2:  # looking at a result in 3D: no warning
+                self.set_status(f"Segment Anything: {error}")
+            else:
+                self.user_error(error)
         finally:
             self._updating = False
 
@@ -340,6 +344,15 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
             return []
 
     def _commit(self) -> list[int]:
+        if self.session.propagation is not None and self.session.propagation.objects:
+            if self.session.has_prompts:
+                raise UserError("Press J to apply the correction to the propagation first, "
+                                "or Q to drop the new prompts.")  # fmt: skip
+            ids = self.propagation.commit(self._ensure_output(), self.overwrite_check.isChecked(),
+                                          tuple(self.viewer.dims.point))  # fmt: skip
+            self.set_status(f"Committed label {', '.join(map(str, ids))} through the stack."
+                            if ids else "Nothing written: every pixel is labelled already.")
+            return ids
         if not self.candidates:
             raise UserError("Nothing to commit: click on an object first.")
         ids = commit_to_layer(self.session, self._image_layer, self.output_layer,
@@ -352,8 +365,35 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self.set_status(f"Committed label {', '.join(map(str, ids))}." if ids else "")
         return ids
 
+    # -- volumes and time-lapses -------------------------------------------------------------
+    def propagate(self, wait: bool = False):
+        """Propagate the selected mask through the stack (key J), or apply the prompts
+        on a propagated slice as its correction; see `PropagationPanel`."""
+        return self.propagation.propagate(wait)
+
+    def divide(self, wait: bool = False):
+        """Divide the tracked object under the positive points (key H)."""
+        return self.propagation.divide(wait)
+
+    def prepare_prompts(self) -> bool:
+        """Decode the prompts on screen now; False (with a status) while the view's
+        embedding is still being computed."""
+        self._update_prediction()
+        if self.session.has_prompts and not self.session.has_embedding:
+            self.set_status("Computing the embedding of this slice; press again when done.")
+            return False
+        return True
+
+    def prompts_consumed(self, used) -> None:
+        """Remove the prompts a propagation used (session indices) from their layers."""
+        points, boxes = used
+        self.prompts.remove(self._prompt_indices[0][points], self._prompt_indices[1][boxes])
+        self._reset_prediction()
+
     def clear(self) -> None:
-        """Drop all prompts and the preview."""
+        """Drop all prompts and the preview; with no prompts, the propagation."""
+        if not self.session.has_prompts:
+            self.propagation.clear()
         self._reset_prediction()
         self.prompts.remove_all()
         self._reset_prediction()

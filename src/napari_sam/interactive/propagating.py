@@ -200,11 +200,15 @@ class PropagatingSession:
                 return number
         return None
 
-    def propagated_logits(self, point: Sequence[float]) -> np.ndarray | None:
-        """The low-res logits of the propagated object under `point` on this slice, the
-        mask prompt that refines it when the user clicks there (None: no object)."""
+    def propagated_logits(self, points) -> np.ndarray | None:
+        """The low-res logits on this slice of the propagated object under the first of
+        `points` ((N, 2) or one (row, col)) that lies on one: the mask prompt that lets
+        a negative point cut that object's mask (None: no object under them)."""
         if not self._propagation_covers_view():
             return None
         index = self._view.slice_index[self._propagation.stack.axis]
-        number = self._object_under_point(point, index)
-        return None if number is None else self._propagation.logits(number, index)
+        for point in np.asarray(points, dtype=float).reshape(-1, 2):
+            number = self._object_under_point(point, index)
+            if number is not None:
+                return self._propagation.logits(number, index)
+        return None

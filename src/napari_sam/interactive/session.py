@@ -197,8 +197,10 @@ class AnnotationSession(PropagatingSession, EmbeddedView):
             prompts = PromptSet.from_arrays(self._points, self._labels, box)
             grew = self._last_logits is not None and prompts_grew(self._last_prompts, prompts)
             mask_input = self._last_logits if grew else None
-            if mask_input is None and n_points:  # a click on a propagated object refines it
-                mask_input = self.propagated_logits(self._points[0])
+            if mask_input is None and (self._labels == 0).any():
+                # A negative point on a propagated object cuts its mask there; positive
+                # points alone decode afresh (refining shrank the bundled model's masks).
+                mask_input = self.propagated_logits(self._points)
             _, scores, logits = predictor.predict(
                 points=self._points if n_points else None,
                 labels=self._labels if n_points else None,

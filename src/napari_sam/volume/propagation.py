@@ -30,8 +30,8 @@ class VolumeObject:
     planes: {slice index: (H, W) bool mask}, the slices where the object is present.
     scores: (n,) float32 predicted IoU per slice of the stack, NaN where absent.
     prompted: the slices whose mask came from the user's prompts (anchors).
-    ends: why propagation stopped on each side, (before, after): a stop-rule reason,
-        "end of stack", "prompted slice", or "division".
+    ends: why the object ends on each side, (below its first slice, above its last): a
+        stop-rule reason, "end of stack", or "division".
     parent: the number of the object it divided from (tracking), else None.
     layout: (position of the stack axis among the three axes, whether the plane's rows
         come after its columns in the data): how `mask` orders its axes.
@@ -235,9 +235,7 @@ class Propagation:
             obj.ends[side] = "end of stack"
         elif not obj.first <= index <= obj.last:
             obj.ends[side] = "division"  # a daughter's start or its parent's end
-        elif index in obj.anchors:
-            obj.ends[side] = "prompted slice"
-        else:
+        elif index not in obj.anchors:  # (an anchor is not where the object ends)
             return True
         return False
 
@@ -260,7 +258,8 @@ class Propagation:
                 obj.planes[index] = _Plane(logits[k], masks[k], float(scores[k]))
                 self._tasks.append((number, index, direction))
             else:
-                obj.ends[0 if direction < 0 else 1] = reason
+                if not any((a - index) * direction > 0 for a in obj.anchors):
+                    obj.ends[0 if direction < 0 else 1] = reason  # its outer end
                 self._clear_beyond(obj, index, direction)
 
     def _clear_beyond(self, obj: _Object, index: int, direction: int) -> None:

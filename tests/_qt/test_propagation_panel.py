@@ -1,0 +1,100 @@
+"""The widget's Propagate / Divide: a click carried through a stack in a worker, shown in
+its own layer, corrected on another slice, committed with one id as one undo step, and a
+time-lapse division recorded in the output layer's features and a CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam import load_model
+from napari_sam._qt.keys import KEYS
+from napari_sam._qt.propagation_panel import PROPAGATION_LAYER
+from tests._qt.helpers import open_widget
+from tests.stand_ins import ellipsoid_stack
+from tests.volume.test_propagation import dividing_movie, iou
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("tiny_cells", device="cpu")
+
+
+def click(viewer, widget, index, point):
+    viewer.dims.set_current_step(0, index)
+    assert widget.compute_embedding(wait=True)
+    widget.points_layer.add([[index, *point]])
+
+
+def test_propagate_correct_commit_and_undo_in_one_step(make_napari_viewer, bundled):
+    volume, truth = ellipsoid_stack(radii=(15, 20, 16))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="stack", scale=(3.0, 1.0, 1.0))  # anisotropic
+    widget = open_widget(viewer, bundled)
+    assert KEYS["J"][0] == "propagate" and "J" in widget.keys.bound
+    click(viewer, widget, 20, (64, 64))
+    assert widget.propagation.axis == 0
+    (obj,) = widget.propagate(wait=True)
+    assert len(widget.points_layer.data) == 0  # the prompt was used
+    shown = viewer.layers[PROPAGATION_LAYER].data
+    assert np.array_equal(shown > 0, obj.mask) and iou(obj.mask, truth) > 0.7
+    assert "Propagated 1 object" in widget.status_label.text()
+
+    # Correct on slice 30: a point there refines the propagated mask, J applies it.
+    click(viewer, widget, 30, (64, 64))
+    assert widget.commit() == []  # refused: the correction is not applied yet
+    assert "Press J" in widget.status_label.text()
+    (corrected,) = widget.propagate(wait=True)
+    assert corrected.prompted == (20, 30)
+
+    assert widget.output_layer is None  # the refused commit made no layer
+    assert widget.commit() == [1]
+    output = widget.output_layer.data
+    assert np.array_equal(output == 1, corrected.mask) and set(np.unique(output)) == {0, 1}
+    assert not viewer.layers[PROPAGATION_LAYER].visible and widget.session.propagation is None
+    assert not viewer.layers[PROPAGATION_LAYER].data.any()
+    widget.output_layer.undo()  # one step takes the whole 3D object back
+    assert not widget.output_layer.data.any()
+
+
+def test_clear_drops_the_propagation_without_writing(make_napari_viewer, bundled):
+    volume, _ = ellipsoid_stack(shape=(12, 96, 96), radii=(5, 16, 16))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume)
+    widget = open_widget(viewer, bundled)
+    click(viewer, widget, 6, (48, 48))
+    widget.propagate(wait=True)
+    widget.clear()  # with no prompts: the propagation goes
+    assert widget.session.propagation is None and widget.output_layer is None
+    layer = viewer.layers[PROPAGATION_LAYER]
+    assert not layer.visible and not layer.data.any()
+    click(viewer, widget, 6, (48, 48))
+    widget.propagate(wait=True)  # the layer is used again
+    assert viewer.layers[PROPAGATION_LAYER] is layer and layer.visible and layer.data.any()
+    viewer.dims.ndisplay = 3  # looking at it in 3D: a status, not a warning
+    widget.update_prediction()
+    assert "2D" in widget.status_label.text()
+
+
+def test_track_divide_commit_lineage_and_csv(make_napari_viewer, bundled, tmp_path):
+    movie, _truth = dividing_movie()
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="movie")
+    viewer.dims.axis_labels = ("t", "y", "x")
+    widget = open_widget(viewer, bundled)
+    click(viewer, widget, 0, (64, 64))
+    assert widget.propagation.axis_combo.currentText() == "t (axis 0)"
+    widget.propagate(wait=True)
+    click(viewer, widget, 10, (48, 64))
+    widget.points_layer.add([[10, 80, 64]])
+    objects = widget.divide(wait=True)
+    assert [o.parent for o in objects] == [None, 0, 0]
+    assert widget.commit() == [1, 2, 3]
+    features = widget.output_layer.features
+    assert features["index"].tolist() == [1, 2, 3] and features["parent"].tolist() == [0, 1, 1]
+    assert features["last_frame"].tolist()[0] == 9
+    path = tmp_path / "lineage.csv"
+    widget.propagation.export_lineage(path)
+    assert path.read_text().splitlines()[1:] == [
+        f"{r.index},{r.parent},{r.first_frame},{r.last_frame}" for r in features.itertuples()
+    ]
