@@ -33,8 +33,9 @@ def test_every_snippet_parses():
         "AnnotationSession(load_model",
         "predictor.set_image(image)",
         "masks_to_labels(records",
+        "propagate(model, volume",
     ],
-    ids=["widget script", "session", "quick start", "segment everything"],
+    ids=["widget script", "session", "quick start", "segment everything", "propagation"],
 )
 def test_offline_snippet_runs(tmp_path, marker):
     code = snippet(marker).replace("napari.run()", "viewer.close()")
