@@ -110,3 +110,25 @@ def test_propagation_errors(model, ellipsoid):
         session.commit_propagation(np.zeros(volume.shape, np.int32))
     with pytest.raises(ValueError, match="Propagate the object first"):
         session.divide()
+
+
+def test_one_object_per_box_propagates_every_box_together(model):
+    from tests.stand_ins import touching_spheres
+
+    volume, truth = touching_spheres()
+    session = AnnotationSession(model)
+    session.one_object_per_box = True
+    session.set_image(volume, {0: 12})
+    for label in (1, 2):
+        rows, cols = np.nonzero(truth[12] == label)
+        session.add_box((rows.min(), cols.min(), rows.max(), cols.max()))
+    objects = session.propagate()
+    assert len(objects) == 2 and not np.logical_and(objects[0].mask, objects[1].mask).any()
+    for label, obj in zip((1, 2), objects, strict=True):
+        assert iou(obj.mask, truth == label) > 0.6
+    # A negative point on one of them cuts its mask there (its logits were made up).
+    session.set_image(volume, {0: 14})
+    rows, cols = np.nonzero(objects[0].planes[14])
+    session.add_point((rows.mean(), cols.mean()), positive=False)
+    assert session.propagated_logits(session.points) is not None
+    assert session.candidates

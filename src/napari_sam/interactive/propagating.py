@@ -74,15 +74,21 @@ class PropagatingSession:
             self._propagation, self._propagation_source = engine, source
         if self._current is not None:  # the view's embedding, whatever the cache's budget
             engine.stack.remember(index, self._current[1])
-        corrected = set()
+        corrected, new, before = set(), [], len(engine)
         for candidate in chosen:
-            number = self._object_under(candidate.mask, index)
+            number = self._object_under(candidate.mask, index, before)
+            # A box's object (one object per box) comes without low-res logits.
+            logits = candidate.logits if np.size(candidate.logits) else None
             if number is None or number in corrected:
-                engine.add_objects(index, masks=candidate.mask[None],
-                                   logits=candidate.logits[None])  # fmt: skip
+                new.append((candidate.mask, logits))
             else:
-                engine.correct(number, index, mask=candidate.mask, logits=candidate.logits)
+                engine.correct(number, index, mask=candidate.mask, logits=logits)
                 corrected.add(number)
+        if new:  # together, so that they share no pixel
+            masks = np.stack([mask for mask, _ in new])
+            all_logits = None if any(lo is None for _, lo in new) else \
+                np.stack([lo for _, lo in new])  # fmt: skip
+            engine.add_objects(index, masks=masks, logits=all_logits)
         self.drop_used_prompts()
         return engine
 
@@ -177,14 +183,19 @@ class PropagatingSession:
             engine.stack.axis in self._view.slice_index and \
             self._propagation_source == self._source_of(engine.stack.axis)  # fmt: skip
 
-    def _object_under(self, mask: np.ndarray, index: int) -> int | None:
-        """The propagated object overlapping `mask` most on slice `index` (None: none)."""
+    def _object_under(self, mask: np.ndarray, index: int, count: int) -> int | None:
+        """Of the first `count` propagated objects, the one that `mask` mostly covers
+        on slice `index` or that mostly covers `mask` (more than half of the smaller of
+        the two): the object a new mask there corrects. None: a new object."""
         if not self._propagation_covers_view():
             return None
-        best, most = None, 0
-        for number, obj in enumerate(self._propagation.objects):
+        best, most = None, 0.5
+        for number, obj in enumerate(self._propagation.objects[:count]):
             plane = obj.planes.get(index)
-            overlap = 0 if plane is None else int(np.logical_and(plane, mask).sum())
+            if plane is None:
+                continue
+            smaller = max(min(int(plane.sum()), int(mask.sum())), 1)
+            overlap = np.logical_and(plane, mask).sum() / smaller
             if overlap > most:
                 best, most = number, overlap
         return best

@@ -377,8 +377,13 @@ class Propagation:
             grid = model.prompt_encoder.mask_input_size
             logits = [mask_to_logits(m, embedding.input_size, grid, model.img_size)
                       for m in masks]  # fmt: skip
-        return [_Plane(np.asarray(lo, np.float32), m, 1.0) for lo, m in zip(logits, masks,
-                                                                          strict=True)]
+        planes = [_Plane(np.asarray(lo, np.float32), m.copy(), 1.0)
+                  for lo, m in zip(logits, masks, strict=True)]  # fmt: skip
+        if len(planes) > 1:  # objects started together share no pixel
+            full = self._upscale_logits(np.stack([p.logits for p in planes]))
+            for plane, mask in zip(planes, _claim_pixels(full), strict=True):
+                plane.mask &= mask
+        return planes
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -389,8 +394,8 @@ def _claim_pixels(full: np.ndarray) -> np.ndarray:
     """(B, H, W) logits -> masks where a pixel above 0 goes to the object with the
     highest logit only, so that objects decoded together never share a pixel."""
     masks = full > 0.0
-    if len(full) > 1:
-        masks &= full >= full.max(axis=0, keepdims=True)
+    if len(full) > 1:  # argmax: a tie goes to the first object, never to both
+        masks &= np.argmax(full, axis=0)[None] == np.arange(len(full))[:, None, None]
     return masks
 
 
