@@ -33,7 +33,7 @@ def test_every_snippet_parses():
         "AnnotationSession(load_model",
         "predictor.set_image(image)",
         "masks_to_labels(records",
-        "propagate(model, volume",
+        "propagate(model, volume, 20",
     ],
     ids=["widget script", "session", "quick start", "segment everything", "propagation"],
 )

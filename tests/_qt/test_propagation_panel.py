@@ -98,3 +98,66 @@ def test_track_divide_commit_lineage_and_csv(make_napari_viewer, bundled, tmp_pa
     assert path.read_text().splitlines()[1:] == [
         f"{r.index},{r.parent},{r.first_frame},{r.last_frame}" for r in features.itertuples()
     ]
+
+
+def test_cancel_keeps_what_was_done_and_j_goes_on(make_napari_viewer, bundled):
+    volume, _ = ellipsoid_stack(radii=(15, 20, 16))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume)
+    widget = open_widget(viewer, bundled)
+    click(viewer, widget, 20, (64, 64))
+    widget.wait()
+    # Cancelled after the third propagated slice: the progress callback stops it.
+    done = []
+    original = widget.session.plan_propagation
+
+    def plan(axis=None, settings=None):
+        engine = original(axis, settings)
+        run = engine.run
+
+        def cancel_soon(cancelled=None, progress=None):
+            def report(count, total):
+                done.append(count)
+                if len(done) == 3:  # once
+                    widget.propagation.cancel()
+                progress(count, total)
+
+            return run(cancelled, report)
+
+        engine.run = cancel_soon
+        return engine
+
+    widget.session.plan_propagation = plan
+    assert widget.propagate(wait=True) is None
+    shown = viewer.layers[PROPAGATION_LAYER].data
+    assert 0 < shown.any(axis=(1, 2)).sum() < 8  # the part done is shown
+    assert "cancelled" in widget.status_label.text()
+    widget.session.plan_propagation = original
+    result = widget.propagate(wait=True)  # J with no prompts: goes on
+    assert result is not None, widget.status_label.text()
+    (obj,) = result
+    assert len(obj.slices) > 20
+    assert viewer.layers[PROPAGATION_LAYER].data.any(axis=(1, 2)).sum() == len(obj.slices)
+
+
+def test_closing_mid_propagation_and_switching_images(make_napari_viewer, bundled, qtbot):
+    volume, _ = ellipsoid_stack(radii=(15, 20, 16))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="first")
+    widget = open_widget(viewer, bundled)
+    click(viewer, widget, 20, (64, 64))
+    widget.propagate(wait=True)
+    other = viewer.add_image(volume[:, ::-1].copy(), name="second")
+    widget.image_layer = other
+    widget.update_prediction()
+    assert widget.commit() == []  # refused: made on the other image
+    assert "another image" in widget.status_label.text()
+    assert [layer.name for layer in viewer.layers if "labels" in layer.name] == []
+    # Closing the widget while a propagation runs: no callback touches it afterwards.
+    widget.image_layer = viewer.layers["first"]
+    click(viewer, widget, 10, (64, 64))
+    widget.propagate(wait=False)
+    job = widget.propagation.job
+    viewer.close()  # deletes the widget's Qt objects; its job's callbacks must not use them
+    qtbot.waitUntil(lambda: not job.running, timeout=30000)
+    assert widget.closed

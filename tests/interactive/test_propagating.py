@@ -84,8 +84,9 @@ def test_divide_in_the_session(model):
     session.add_point((48, 64))
     session.add_point((80, 64))
     daughters = session.divide()
-    objects = session.propagation.run()
+    objects = session.propagate()  # no prompts: the daughters, queued, are tracked
     assert [objects[n].parent for n in daughters] == [0, 0]
+    assert [objects[n].ends[0] for n in daughters] == ["division"] * 2
     labels = np.zeros(movie.shape, np.int32)
     ids = session.commit_propagation(labels)
     assert ids == [1, 2, 3]
@@ -132,3 +133,23 @@ def test_one_object_per_box_propagates_every_box_together(model):
     session.add_point((rows.mean(), cols.mean()), positive=False)
     assert session.propagated_logits(session.points) is not None
     assert session.candidates
+
+
+def test_a_cancelled_propagation_goes_on_and_another_image_cannot_commit_it(model, ellipsoid):
+    from napari_sam.volume import PropagationCancelled
+
+    volume, _ = ellipsoid
+    session = AnnotationSession(model)
+    session.set_image(volume, {0: 20})
+    session.add_point((64, 64))
+    calls = []
+    with pytest.raises(PropagationCancelled):
+        session.propagate(cancelled=lambda: calls.append(1) or len(calls) > 3)
+    (partial,) = session.propagation.objects
+    assert session.propagation.pending and len(partial.slices) < 8
+    (whole,) = session.propagate()  # no prompts: goes on where it stopped
+    assert len(whole.slices) > 20 and not session.propagation.pending
+    session.set_image(volume[:, ::-1].copy(), {0: 20})
+    assert not session.propagation_on_this_image
+    with pytest.raises(ValueError, match="another image"):
+        session.commit_propagation(np.zeros(volume.shape, np.int32))

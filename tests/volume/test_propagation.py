@@ -146,6 +146,17 @@ def test_touching_objects_propagated_together_do_not_merge(model):
         assert np.logical_and(obj.mask, other).sum() < 0.1 * other.sum()
 
 
+def test_far_apart_objects_propagated_together_are_as_if_alone(model, ellipsoid):
+    volume, _, _ = ellipsoid
+    wide = np.concatenate([volume, volume[:, :, ::-1]], axis=2)  # two ellipsoids, 128 apart
+    embeddings = embed_slices(model, wide)
+    together = propagate_objects(model, wide, 20, points=[[64, 64], [64, 191]],
+                                 embeddings=embeddings)  # fmt: skip
+    for obj, point in zip(together, ([64, 64], [64, 191]), strict=True):
+        alone = propagate(model, wide, 20, points=[point], embeddings=embeddings)
+        assert obj.slices == alone.slices and np.array_equal(obj.mask, alone.mask)
+
+
 def test_a_correction_is_kept_and_propagated_outward(model, ellipsoid):
     volume, truth, embeddings = ellipsoid
     stack = SliceStack.of_volume(model, volume, embeddings=embeddings)
@@ -221,3 +232,29 @@ def test_bad_input_says_what_to_do(model, ellipsoid):
         propagate(model, volume, 20, mask=np.zeros((128, 128), bool), embeddings=embeddings)
     with pytest.raises(ValueError, match="at least one"):
         PropagationSettings(use_mask=False, use_box=False, use_point=False)
+    for bad, match in [
+        (dict(points=[]), "Points are"),
+        (dict(points=[[12, 39, 87]]), "Points are"),
+        (dict(box=(1, 2, 3)), "A box is"),
+        (dict(box=(200, 200, 300, 300)), "outside the slice"),
+        (dict(points=[[64, 64]], labels=[0]), "positive point"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            propagate(model, volume, 20, embeddings=embeddings, **bad)
+    with pytest.raises(ValueError, match="rgb=True"):
+        propagate(model, volume, 20, points=[[5, 5]], rgb=True)
+
+
+def test_embeddings_of_other_pixels_or_axes_are_refused(model, ellipsoid):
+    volume, _, embeddings = ellipsoid
+    assert embed_slices(model, volume[:3], indices=[]) == {}
+    flipped = embed_slices(model, volume[::-1].copy(), indices=[19, 20, 21])
+    with pytest.raises(ValueError, match="other pixels"):
+        propagate(model, volume, 20, points=[[64, 64]], embeddings=flipped)
+    sideways = embed_slices(model, volume[:, :, :40], axis=1, indices=[0])
+    with pytest.raises(ValueError, match="axis 0"):
+        propagate(model, volume[:, :, :40], 20, points=[[5, 5]], embeddings=sideways)
+    with pytest.raises(ValueError, match="ImageEmbedding"):
+        propagate(model, volume, 20, points=[[5, 5]], embeddings=[1, 2])
+    assert "slices" in repr(embeddings) and "VolumeObject(slices" in repr(
+        propagate(model, volume, 20, points=[[64, 64]], embeddings=embeddings))

@@ -200,6 +200,9 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             result.refresh()
 
         def finished() -> None:
+            if sam.closed:  # the viewer went away meanwhile
+                self.job = None
+                return
             if self.job is not None and self.job.cancelled:
                 self._discard(result)
                 sam.set_status("Segment everything cancelled.")

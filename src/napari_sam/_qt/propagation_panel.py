@@ -92,7 +92,8 @@ class PropagationPanel(OneJobAtATime, QWidget):
     # -- actions -------------------------------------------------------------------------
     def propagate(self, wait: bool = False) -> list | None:
         """Propagate the selected candidate (a new object, or the correction of the object
-        under it) along the chosen axis in a worker. Returns the objects when `wait`."""
+        under it) along the chosen axis in a worker; without prompts, go on with a
+        propagation that was cancelled. Returns the objects when `wait`."""
         return self._start(lambda session: session.plan_propagation(self.axis), wait)
 
     def divide(self, wait: bool = False) -> list | None:
@@ -106,7 +107,7 @@ class PropagationPanel(OneJobAtATime, QWidget):
             sam.set_status("Propagation is running; wait or cancel it.")
             return None
         try:
-            if not sam.prepare_prompts():
+            if not sam.prepare_prompts(wait):
                 return None
             used = sam.session.used_prompts
             engine = plan(sam.session)
@@ -120,13 +121,11 @@ class PropagationPanel(OneJobAtATime, QWidget):
 
         def work(job):
             from ..volume import PropagationCancelled
-
-            def progress(done, total):
-                job.report(done)
+            from ._base import JobCancelled
 
             try:
-                objects = engine.run(lambda: job.cancelled, progress)
-            except PropagationCancelled:
+                objects = engine.run(lambda: job.cancelled, lambda done, _: job.report(done))
+            except (PropagationCancelled, JobCancelled):  # what was done stays, and shows
                 objects = None
             drawn.append(render_objects(engine, shape))  # here, not in the GUI thread
             job.check()
@@ -134,6 +133,8 @@ class PropagationPanel(OneJobAtATime, QWidget):
 
         def finished() -> None:
             self.job = None
+            if sam.closed:  # the viewer went away meanwhile: nothing to show
+                return
             self.run_button.setEnabled(True)
             if drawn:
                 self.draw(drawn[0])
@@ -142,7 +143,7 @@ class PropagationPanel(OneJobAtATime, QWidget):
 
         def returned(objects) -> None:
             result.append(objects)
-            sam.set_status(_summary(objects))
+            sam.set_status(_summary(objects, self.axis_combo.currentText()))
 
         self.job = sam.start_job(work, "SAM: propagating", len(engine.stack),
                                  returned=returned, errored=sam.user_error,
@@ -254,16 +255,16 @@ def render_objects(engine, shape: tuple[int, ...]) -> np.ndarray:
     return data
 
 
-def _summary(objects) -> str:
+def _summary(objects, axis: str) -> str:
     present = [o for o in objects if o.slices]
     if not present:
         return "Propagation found no object."
     first = present[0]
     what = "1 object" if len(present) == 1 else f"{len(present)} objects"
-    where = (f"slices {first.slices[0]}-{first.slices[-1]} (before {first.slices[0]}: "
+    where = (f"{first.slices[0]}-{first.slices[-1]} (before {first.slices[0]}: "
              f"{first.ends[0] or 'not run'}; after {first.slices[-1]}: "
              f"{first.ends[1] or 'not run'})")  # fmt: skip
     if len(present) > 1:
-        where = "slices " + ", ".join(f"{o.slices[0]}-{o.slices[-1]}" for o in present)
-    return (f"Propagated {what} over {where}. Commit [K], or click on a slice to "
-            "correct it and press J.")
+        where = ", ".join(f"{o.slices[0]}-{o.slices[-1]}" for o in present)
+    return (f"Propagated {what} along {axis}: {where}. Commit [K], or click on a slice "
+            "to correct it and press J.")

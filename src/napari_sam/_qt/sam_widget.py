@@ -344,7 +344,12 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
             return []
 
     def _commit(self) -> list[int]:
-        if self.session.propagation is not None and self.session.propagation.objects:
+        session = self.session
+        if session.propagation is not None and not session.propagation_on_this_image \
+                and not self.candidates:  # fmt: skip
+            raise UserError("The propagation was made on another image: select that image "
+                            "to commit it, or press Q to drop it.")
+        if session.propagation_on_this_image and session.propagation.objects:
             if self.session.has_prompts:
                 raise UserError("Press J to apply the correction to the propagation first, "
                                 "or Q to drop the new prompts.")  # fmt: skip
@@ -375,11 +380,14 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         """Divide the tracked object under the positive points (key H)."""
         return self.propagation.divide(wait)
 
-    def prepare_prompts(self) -> bool:
-        """Decode the prompts on screen now; False (with a status) while the view's
-        embedding is still being computed."""
+    def prepare_prompts(self, wait: bool = False) -> bool:
+        """Decode the prompts on screen now (with `wait`, after the view's embedding);
+        False (with a status) while that embedding is still being computed."""
         self._update_prediction()
         if self.session.has_prompts and not self.session.has_embedding:
+            if wait and self.compute_embedding(wait=True):
+                self._update_prediction()
+                return True
             self.set_status("Computing the embedding of this slice; press again when done.")
             return False
         return True

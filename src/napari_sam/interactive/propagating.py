@@ -32,6 +32,13 @@ class PropagatingSession:
         """The `napari_sam.volume.Propagation` being built (None when there is none)."""
         return self._propagation
 
+    @property
+    def propagation_on_this_image(self) -> bool:
+        """Whether the propagation was made on the image (and channels) now set."""
+        engine = self._propagation
+        return engine is not None and self._view is not None and \
+            self._propagation_source[:2] == self._source_of(engine.stack.axis)[:2]  # fmt: skip
+
     def propagation_axes(self) -> list[int]:
         """The axes of the data the current view can be propagated along: its sliced
         axes, without a channel axis that forms the view."""
@@ -45,7 +52,8 @@ class PropagatingSession:
         """Put the current slice's result into the propagation without running it (a GUI
         runs `propagation.run()` in a worker): the selected candidate (or every box's
         object) starts new objects, or corrects the object it overlaps when the view is
-        a slice of the current propagation. Returns the `Propagation`.
+        a slice of the current propagation; without prompts, a propagation with work
+        queued (cancelled, or daughters of `divide`) goes on. Returns the `Propagation`.
         Raises ValueError without a mask to propagate or a sliced axis to go along."""
         from ..volume.propagation import Propagation
         from ..volume.stack import SliceStack
@@ -60,6 +68,9 @@ class PropagatingSession:
             raise ValueError(f"Axis {axis} is not a sliced axis of the view; choose one of "
                              f"{axes}.")  # fmt: skip
         candidates = self.candidates
+        if not candidates and self._propagation is not None and self._propagation.pending \
+                and self._propagation_covers_view():  # fmt: skip
+            return self._propagation  # a cancelled run, or daughters: go on
         if not candidates:
             raise ValueError("Nothing to propagate: add a prompt on this slice first.")
         chosen = [self.selected] if self.selected is not None else candidates
@@ -99,7 +110,7 @@ class PropagatingSession:
     def divide(self, axis: int | None = None) -> list[int]:
         """Divide the propagated object under the positive points of this slice (a frame
         of a time-lapse) into one daughter per point: the parent ends on the previous
-        frame, the daughters start here and are queued (run `propagation.run()`).
+        frame, the daughters start here and are queued (`propagate()` runs them).
         Returns the daughters' object numbers; raises ValueError without a propagated
         object under the points or with fewer than 2 positive points."""
         engine = self._propagation
@@ -130,6 +141,9 @@ class PropagatingSession:
         engine = self._propagation
         if engine is None or not any(o.planes for o in engine.objects):
             raise ValueError("Nothing propagated to commit: propagate an object first.")
+        if not self.propagation_on_this_image:
+            raise ValueError("The propagation was made on another image: go back to that "
+                             "image to commit it, or clear it.")  # fmt: skip
         shape = tuple(np.shape(labels))
         spatial = len(self._view.displayed) + len(self._view.slice_index)
         if image_to_world is None and labels_to_world is None:

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rules import PropagationSettings, interior_point, mask_box, mask_to_logits
+from .rules import (
+    PropagationSettings,
+    check_prompts,
+    claim_pixels,
+    interior_point,
+    mask_box,
+    mask_to_logits,
+    neighbours,
+)
 from .stack import PropagationCancelled, SliceStack
 
 __all__ = ["Propagation", "VolumeObject", "propagate", "propagate_objects"]
@@ -48,6 +56,12 @@ class VolumeObject:
     def slices(self) -> list[int]:
         """Sorted indices of the slices where the object is present."""
         return sorted(self.planes)
+
+    def __repr__(self) -> str:
+        where = f"slices {self.slices[0]}-{self.slices[-1]}" if self.planes else "no slice"
+        parent = "" if self.parent is None else f", parent={self.parent}"
+        return (f"VolumeObject({where} of {len(self.scores)}, prompted={self.prompted}, "
+                f"ends={self.ends}{parent})")
 
     @property
     def mask(self) -> np.ndarray:
@@ -98,6 +112,11 @@ class Propagation:
     # -- objects -------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._objects)
+
+    @property
+    def pending(self) -> bool:
+        """Whether propagation is queued (new objects, corrections, a cancelled run)."""
+        return bool(self._tasks)
 
     @property
     def objects(self) -> list[VolumeObject]:
@@ -192,7 +211,10 @@ class Propagation:
             del obj.planes[gone]
         obj.anchors = {i for i in obj.anchors if i < index}
         self._tasks = [t for t in self._tasks if t[0] != number or t[2] < 0]
-        return self.add_objects(index, points=points, parent=number, both_ways=False)
+        daughters = self.add_objects(index, points=points, parent=number, both_ways=False)
+        for daughter in daughters:
+            self._objects[daughter].ends[0] = "division"
+        return daughters
 
     def _queue(self, number: int, index: int, both_ways: bool) -> None:
         directions = (1, -1) if both_ways else (1,)
@@ -244,7 +266,7 @@ class Propagation:
         stop = self.settings.stop
         previous = [self._objects[n].planes[i] for n, i, _ in tasks]
         logits, scores, full = self._decode_from(index, previous)
-        masks = _claim_pixels(full)
+        masks = claim_pixels(full)
         for k, (number, _, direction) in enumerate(tasks):
             obj, before = self._objects[number], previous[k]
             area = int(masks[k].sum())
@@ -284,17 +306,18 @@ class Propagation:
         if settings.use_mask:
             mask_inputs = np.stack([p.logits for p in previous])
         centres = np.stack([interior_point(p.mask) for p in previous])
-        if settings.use_point or (settings.negative_points and batch > 1):
-            rows = []
+        near = neighbours([p.mask for p in previous]) if settings.negative_points else \
+            np.zeros((batch, batch), bool)  # fmt: skip
+        if settings.use_point or near.any():
+            own = [[centres[k]] if settings.use_point else [] for k in range(batch)]
+            others = [[centres[j] for j in np.flatnonzero(near[k])] for k in range(batch)]
+            width = max(len(a) + len(b) for a, b in zip(own, others, strict=True))
+            points = np.zeros((batch, width, 2))
+            labels = np.full((batch, width), -1)  # -1: padding, not a point
             for k in range(batch):
-                own = [centres[k]] if settings.use_point else []
-                others = [c for j, c in enumerate(centres) if j != k] \
-                    if settings.negative_points else []  # fmt: skip
-                pad = (batch - 1 if settings.negative_points else 0) + 1 - len(own) - len(others)
-                rows.append(([*own, *others, *[centres[k]] * pad],
-                             [1] * len(own) + [0] * len(others) + [-1] * pad))  # fmt: skip
-            points = np.array([r[0] for r in rows], dtype=float)
-            labels = np.array([r[1] for r in rows])
+                mine = [*own[k], *others[k]]
+                points[k, : len(mine)] = mine
+                labels[k, : len(mine)] = [1] * len(own[k]) + [0] * len(others[k])
         multimask = settings.multimask and points is not None and mask_inputs is None
         low, scores = predictor.predict_batch(points, labels, boxes, mask_inputs, multimask)
         full = self._upscale_logits(low.reshape(-1, *low.shape[2:])).reshape(
@@ -332,22 +355,8 @@ class Propagation:
         return _Plane(logits[best], masks[best], float(scores[best]))
 
     def _planes_from_prompts(self, index, points, labels, boxes) -> list[_Plane]:
-        if points is None and boxes is None:
-            raise ValueError("Give the objects as points, boxes or masks.")
-        points = None if points is None else np.asarray(points, dtype=float)
-        if points is not None and points.ndim == 2:
-            points = points[:, None]  # one point per object
-        boxes = None if boxes is None else np.asarray(boxes, dtype=float).reshape(-1, 4)
+        points, labels, boxes = check_prompts(points, labels, boxes, self.stack.plane_shape)
         count = len(points) if points is not None else len(boxes)
-        if points is not None and boxes is not None and len(boxes) != count:
-            raise ValueError(f"Got {count} objects' points but {len(boxes)} boxes.")
-        if labels is not None:
-            labels = np.asarray(labels).reshape(count, -1)
-        height, width = self.stack.plane_shape
-        for rc in [] if points is None else points.reshape(-1, 2):
-            if not (0 <= rc[0] <= height - 1 and 0 <= rc[1] <= width - 1):
-                raise ValueError(f"The point {rc.tolist()} lies outside the slice of "
-                                 f"{height} x {width} pixels (row, col).")  # fmt: skip
         # Each object's first point: the others' masks must not swallow it.
         firsts = None if points is None else points[:, 0]
         planes = [
@@ -359,7 +368,7 @@ class Propagation:
         ]  # fmt: skip
         if count > 1:  # objects started together share no pixel either
             full = self._upscale_logits(np.stack([p.logits for p in planes]))
-            for plane, mask in zip(planes, _claim_pixels(full), strict=True):
+            for plane, mask in zip(planes, claim_pixels(full), strict=True):
                 plane.mask = plane.mask & mask
         return planes
 
@@ -381,22 +390,13 @@ class Propagation:
                   for lo, m in zip(logits, masks, strict=True)]  # fmt: skip
         if len(planes) > 1:  # objects started together share no pixel
             full = self._upscale_logits(np.stack([p.logits for p in planes]))
-            for plane, mask in zip(planes, _claim_pixels(full), strict=True):
+            for plane, mask in zip(planes, claim_pixels(full), strict=True):
                 plane.mask &= mask
         return planes
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / max(int(np.logical_or(a, b).sum()), 1))
-
-
-def _claim_pixels(full: np.ndarray) -> np.ndarray:
-    """(B, H, W) logits -> masks where a pixel above 0 goes to the object with the
-    highest logit only, so that objects decoded together never share a pixel."""
-    masks = full > 0.0
-    if len(full) > 1:  # argmax: a tie goes to the first object, never to both
-        masks &= np.argmax(full, axis=0)[None] == np.arange(len(full))[:, None, None]
-    return masks
 
 
 def propagate(model, volume, index: int, *, points=None, labels=None, box=None, mask=None,
@@ -420,9 +420,13 @@ def propagate(model, volume, index: int, *, points=None, labels=None, box=None, 
     if mask is not None:
         engine.add_objects(index, masks=np.asarray(mask, bool)[None])
     else:
-        points = None if points is None else np.asarray(points, dtype=float).reshape(1, -1, 2)
+        points = None if points is None else np.asarray(points, dtype=float)
+        if points is not None and (points.ndim != 2 or points.shape[-1] != 2):
+            raise ValueError(f"Points are (row, col) on the slice, (N, 2) for one object; "
+                             f"got shape {points.shape}.")  # fmt: skip
+        points = None if points is None else points[None]
         labels = None if labels is None else np.asarray(labels).reshape(1, -1)
-        boxes = None if box is None else np.asarray(box, dtype=float).reshape(1, 4)
+        boxes = None if box is None else np.asarray(box, dtype=float)[None]
         engine.add_objects(index, points=points, labels=labels, boxes=boxes)
     return engine.run(cancelled, progress)[0]
 
@@ -432,8 +436,9 @@ def propagate_objects(model, volume, index: int, *, points=None, boxes=None, mas
                       settings: PropagationSettings | None = None, cancelled=None,
                       progress=None) -> list[VolumeObject]:  # fmt: skip
     """Many objects at once: one per point ((K, 2)), per box ((K, 4)) or per mask
-    ((K, H, W)) on slice `index`, propagated together with one batched decoding per
-    slice; objects never share a pixel of a slice. Arguments as `propagate`."""
+    ((K, H, W)) on slice `index` (points and boxes together: object k has point k and box
+    k), propagated together with one batched decoding per slice; objects never share a
+    pixel of a slice. Arguments and errors as `propagate`."""
     stack = SliceStack.of_volume(model, volume, axis, rgb, cache=cache, embeddings=embeddings)
     engine = Propagation(stack, settings)
     engine.add_objects(index, points=points, boxes=boxes, masks=masks)

@@ -1,5 +1,6 @@
 """What propagation asks of each slice: the prompts it derives from the neighbouring
-slice's mask, and the rule that says the object has ended.
+slice's mask (and from the objects next to it), the rule that says the object has ended,
+and how objects decoded together share a slice.
 
 Pure numpy/scipy. The prompts are those of micro-sam's projection of a mask to the next
 slice (Archit et al., Nature Methods 2025): the previous slice's low-res logits as SAM's
@@ -16,7 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PropagationSettings", "StopRule", "interior_point", "mask_box", "mask_to_logits"]
+__all__ = [
+    "PropagationSettings",
+    "StopRule",
+    "check_prompts",
+    "claim_pixels",
+    "interior_point",
+    "mask_box",
+    "mask_to_logits",
+    "neighbours",
+]
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,11 @@ class StopRule:
         if area < self.min_area:
             return f"the mask is smaller than {self.min_area} pixels"
         if score < self.min_score:
-            return f"predicted IoU {score:.2f} < {self.min_score}"
+            return f"predicted IoU {score:.3f} < {self.min_score}"
         if stability < self.min_stability:
-            return f"stability {stability:.2f} < {self.min_stability}"
+            return f"stability {stability:.3f} < {self.min_stability}"
         if overlap < self.min_overlap:
-            return f"overlap with the previous slice {overlap:.2f} < {self.min_overlap}"
+            return f"overlap with the previous slice {overlap:.3f} < {self.min_overlap}"
         ratio = area / max(previous_area, 1)
         if not 1 / self.max_area_change <= ratio <= self.max_area_change:
             return f"the area changed {ratio:.2f}x"
@@ -129,3 +139,62 @@ def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], grid: tuple[in
     logits = np.full(grid, -magnitude, dtype=np.float32)
     logits[:rows, :cols] = (small * 2 - 1) * magnitude
     return logits
+
+
+def check_prompts(points, labels, boxes, plane_shape: tuple[int, int]):
+    """The prompts of K objects on a slice of `plane_shape` (H, W), as (points (K, N, 2)
+    or None, labels (K, N) or None, boxes (K, 4) or None), from points (K, 2) (one per
+    object) or (K, N, 2). Raises ValueError unless each object has a positive point or a
+    box and every prompt lies on the slice."""
+    if points is None and boxes is None:
+        raise ValueError("Give the objects as points, boxes or masks.")
+    height, width = plane_shape
+    if points is not None:
+        points = np.asarray(points, dtype=float)
+        points = points[:, None] if points.ndim == 2 else points  # one point per object
+        if points.ndim != 3 or points.shape[-1] != 2 or 0 in points.shape:
+            raise ValueError(f"Points are (row, col) on the slice, (N, 2) for one object "
+                             f"or (K, 2) one per object; got shape {points.shape}.")
+        for rc in points.reshape(-1, 2):
+            if not (0 <= rc[0] <= height - 1 and 0 <= rc[1] <= width - 1):
+                raise ValueError(f"The point {rc.tolist()} lies outside the slice of "
+                                 f"{height} x {width} pixels (row, col).")  # fmt: skip
+    if boxes is not None:
+        boxes = np.asarray(boxes, dtype=float)
+        if boxes.shape[-1:] != (4,) or boxes.ndim > 2:
+            raise ValueError("A box is (min_row, min_col, max_row, max_col); got shape "
+                             f"{boxes.shape}.")  # fmt: skip
+        boxes = boxes.reshape(-1, 4)
+        low, high = np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2],
+                                                                         boxes[:, 2:])
+        if (high < 0).any() or (low[:, 0] > height - 1).any() or (low[:, 1] > width - 1).any():
+            raise ValueError(f"A box lies outside the slice of {height} x {width} pixels.")
+    count = len(points) if points is not None else len(boxes)
+    if points is not None and boxes is not None and len(boxes) != count:
+        raise ValueError(f"Got {count} objects' points but {len(boxes)} boxes.")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(count, -1)
+        if boxes is None and not (labels == 1).any(axis=1).all():
+            raise ValueError("Each object needs a positive point (label 1) or a box: "
+                             "negative points alone do not say where it is.")
+    return points, labels, boxes
+
+
+def neighbours(masks, reach: float = 0.25) -> np.ndarray:
+    """(B, B) bool: objects whose bounding boxes, grown by `reach` of their size on each
+    side, intersect: each other's negative points, so touching objects do not merge
+    (far ones are left out: a negative point far away only perturbs SAM's answer)."""
+    boxes = np.stack([mask_box(mask, reach) for mask in masks])
+    low, high = boxes[:, :2], boxes[:, 2:]
+    near = ((low[:, None] <= high[None]) & (low[None] <= high[:, None])).all(axis=-1)
+    np.fill_diagonal(near, False)
+    return near
+
+
+def claim_pixels(full: np.ndarray) -> np.ndarray:
+    """(B, H, W) logits -> masks where a pixel above 0 goes to the object with the
+    highest logit only, so that objects decoded together never share a pixel."""
+    masks = full > 0.0
+    if len(full) > 1:  # argmax: a tie goes to the first object, never to both
+        masks &= np.argmax(full, axis=0)[None] == np.arange(len(full))[:, None, None]
+    return masks

@@ -21,7 +21,7 @@ from ..embeddings import fingerprint
 from ..interactive.embedded_view import make_view_reader, model_id_of
 from ..view import ViewSpec
 
-__all__ = ["PropagationCancelled", "SliceStack", "embed_slices"]
+__all__ = ["PropagationCancelled", "SliceEmbeddings", "SliceStack", "embed_slices"]
 
 
 class PropagationCancelled(Exception):
@@ -51,8 +51,10 @@ class SliceStack:
         if embeddings is not None and not isinstance(embeddings, Mapping):
             embeddings = dict(enumerate(embeddings))
         self._given = dict(embeddings or {})
+        self._sources = dict(getattr(embeddings, "sources", {}))  # index -> (hash, where)
         self._model_id = model_id_of(model)
         self._plane_shape: tuple[int, int] | None = None
+        self._check_given()
 
     @classmethod
     def of_volume(cls, model, volume, axis: int = 0, rgb: bool | None = None, **kwargs):
@@ -63,6 +65,9 @@ class SliceStack:
         if rgb is None:
             rgb = volume.ndim == 4 and volume.shape[-1] in (3, 4)
         spatial = volume.ndim - (1 if rgb else 0)
+        if rgb and volume.shape[-1] not in (3, 4):
+            raise ValueError(f"rgb=True needs a last axis of 3 or 4 colours; got shape "
+                             f"{tuple(volume.shape)} (leave rgb=None for a gray stack).")
         if spatial != 3:
             what = "a single 2D image" if spatial == 2 else f"{spatial} spatial axes"
             advice = ("segment it with SamPredictor or AnnotationSession instead"
@@ -78,6 +83,22 @@ class SliceStack:
         displayed = [a for a in range(3) if a != axis]
         return cls(model, volume, ViewSpec(displayed, {axis: 0}), axis,
                    read_options={"rgb": bool(rgb)}, **kwargs)  # fmt: skip
+
+    def _check_given(self) -> None:
+        from ..predictor import ImageEmbedding
+
+        for index, embedding in self._given.items():
+            if not isinstance(embedding, ImageEmbedding):
+                raise ValueError(
+                    f"embeddings must map slice index -> ImageEmbedding (as embed_slices "
+                    f"returns); slice {index} holds a {type(embedding).__name__}."
+                )
+            if tuple(embedding.original_size) != self.plane_shape:
+                raise ValueError(
+                    f"The embedding given for slice {index} is of a {embedding.original_size}"
+                    f" image, but the slices along axis {self.axis} are {self.plane_shape}: "
+                    "pass embed_slices(model, volume, axis) of this volume and axis."
+                )
 
     def __len__(self) -> int:
         return int(self.data.shape[self.axis])
@@ -117,15 +138,24 @@ class SliceStack:
         """The `ImageEmbedding` of slice `index`: given, cached, or computed (and cached)."""
         from ..predictor import embed_image
 
-        if index in self._given:
-            return self._given[index]
+        if index in self._given and index not in self._sources:
+            return self._given[index]  # a plain mapping: trusted as given
         pixels, where = self.read(index)
+        if index in self._given:  # from embed_slices: only if made of these pixels
+            if self._sources[index] != (fingerprint(pixels), where):
+                raise ValueError(
+                    f"The embeddings given were computed from other pixels than slice "
+                    f"{index} of this volume along axis {self.axis}: pass "
+                    "embed_slices(model, volume, axis) of this very volume."
+                )
+            return self._given[index]
         key = (fingerprint(pixels), where, self._model_id)
         found = None if self.cache is None else self.cache.get(key)
         if found is None:
             found = embed_image(self.model, pixels, on_block)
             if self.cache is not None:
                 self.cache.put(key, found)
+        self.last_source = (index, key[:2])
         return found
 
 
@@ -144,12 +174,27 @@ def embed_slices(
     many objects. `indices`: which slices (default all). `progress(done, total)` after
     each slice; `cancelled()` before each (raises `PropagationCancelled`)."""
     stack = SliceStack.of_volume(model, volume, axis, rgb)
-    wanted: Sequence[int] = [stack.check_index(i) for i in (indices or range(len(stack)))]
-    embeddings = {}
+    every = range(len(stack)) if indices is None else indices
+    wanted: Sequence[int] = [stack.check_index(i) for i in every]
+    embeddings = SliceEmbeddings()
     for done, index in enumerate(wanted):
         if cancelled is not None and cancelled():
             raise PropagationCancelled("Embedding the slices was cancelled.")
         embeddings[index] = stack.embedding(index)
+        embeddings.sources[index] = stack.last_source[1]
         if progress is not None:
             progress(done + 1, len(wanted))
     return embeddings
+
+
+class SliceEmbeddings(dict):
+    """{slice index: ImageEmbedding}, as `embed_slices` returns it, remembering which
+    pixels each was made of (`sources`: index -> (fingerprint, where)), so that a stack
+    given them uses them only for those pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[int, tuple] = {}
+
+    def __repr__(self) -> str:
+        return f"SliceEmbeddings({len(self)} slices: {sorted(self)})"
