@@ -120,3 +120,40 @@ def test_installed_script_runs(cache):
         [str(script), "info"], env=env, capture_output=True, text=True, check=True
     )
     assert str(cache) in result.stdout
+
+
+def test_segment_two_files_a_16_bit_tiff_and_an_rgb_png(main, tmp_path, capsys):
+    import numpy as np
+    import tifffile
+    from PIL import Image
+    from skimage import data
+
+    from napari_sam import load_model, segment_everything
+
+    gray = (data.coins()[:128, :160].astype(np.uint16) * 257)  # 16 bit
+    rgb = data.astronaut()[::4, ::4]  # (128, 128, 3) uint8
+    tifffile.imwrite(tmp_path / "coins.tif", gray)
+    Image.fromarray(rgb).save(tmp_path / "astronaut.png")
+    inputs = [str(tmp_path / "coins.tif"), str(tmp_path / "astronaut.png")]
+    before = [Path(p).read_bytes() for p in inputs]
+    options = ["--points-per-side", "6", "--pred-iou-thresh", "0.2",
+               "--stability-score-thresh", "0.5"]  # fmt: skip
+    assert main(["segment", *inputs, "--out", str(tmp_path / "out"), *options]) == 0
+    model = load_model("tiny_cells")
+    for name, image in (("coins", gray), ("astronaut", rgb)):
+        written = tifffile.imread(tmp_path / "out" / f"{name}_labels.tif")
+        expected = segment_everything(model, image, points_per_side=6, pred_iou_thresh=0.2,
+                                      stability_score_thresh=0.5)  # fmt: skip
+        assert written.dtype == np.int32 and np.array_equal(written, expected)
+        assert written.max() > 0
+    assert [Path(p).read_bytes() for p in inputs] == before
+    # A second run refuses to replace its results without --overwrite; an input never is.
+    assert main(["segment", *inputs, "--out", str(tmp_path / "out"), *options]) == 2
+    assert "exists" in capsys.readouterr().err
+    # The user's own coins_labels.tif beside coins.tif: an input, never written over.
+    tifffile.imwrite(tmp_path / "coins_labels.tif", np.ones((4, 4), np.uint8))
+    mine = (tmp_path / "coins_labels.tif").read_bytes()
+    user_files = [inputs[0], str(tmp_path / "coins_labels.tif")]
+    assert main(["segment", *user_files, "--out", str(tmp_path), "--overwrite"]) == 2
+    assert (tmp_path / "coins_labels.tif").read_bytes() == mine
+    assert main(["segment", inputs[0], "--out", str(tmp_path / "o2"), "--method", "ais"]) == 2

@@ -34,8 +34,10 @@ def test_every_snippet_parses():
         "predictor.set_image(image)",
         "masks_to_labels(records",
         "propagate(model, volume, 20",
+        "segment_everything(load_model",
     ],
-    ids=["widget script", "session", "quick start", "segment everything", "propagation"],
+    ids=["widget script", "session", "quick start", "segment everything", "propagation",
+         "entry point"],
 )
 def test_offline_snippet_runs(tmp_path, marker):
     code = snippet(marker).replace("napari.run()", "viewer.close()")

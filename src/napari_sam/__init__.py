@@ -17,6 +17,7 @@ _LAZY = {
     "AutomaticMaskGenerator": "napari_sam.automatic",
     "MaskRecord": "napari_sam.automatic",
     "masks_to_labels": "napari_sam.automatic",
+    "segment_everything": "napari_sam.automatic",
     "Sam": "napari_sam.model",
     "SamConfig": "napari_sam.model",
     "build_sam": "napari_sam.model",
@@ -46,10 +47,11 @@ __all__ = [
     "masks_to_labels",
     "propagate",
     "propagate_objects",
+    "segment_everything",
 ]
 
 if TYPE_CHECKING:
-    from .automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels
+    from .automatic import AutomaticMaskGenerator, MaskRecord, masks_to_labels, segment_everything
     from .interactive import AnnotationSession
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor

@@ -226,6 +226,57 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(args: argparse.Namespace) -> int:
+    """Segment everything in each image file into a label TIFF in --out."""
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+    import tifffile
+
+    from .automatic import (
+        MICROSCOPY_DEFAULTS,
+        NoObjectsWarning,
+        segment_everything,
+        segment_everything_slices,
+    )
+    from .zoo import load_model
+
+    out = Path(args.out)
+    inputs = [Path(p).resolve() for p in args.images]
+    targets = [out.resolve() / f"{p.stem}_labels.tif" for p in inputs]
+    clashes = [str(t) for t in targets if t in inputs or (t.exists() and not args.overwrite)]
+    if len(set(targets)) != len(targets) or clashes:
+        what = "two inputs share a name" if not clashes else f"{clashes[0]} exists"
+        print(f"napari-sam: {what}; nothing written. Choose another --out (inputs are never "
+              "overwritten; --overwrite replaces earlier results).", file=sys.stderr)
+        return 2
+    given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+             "stability_score_thresh": args.stability_score_thresh}  # fmt: skip
+    params = {name: value for name, value in given.items() if value is not None}
+    model = load_model(args.model, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    for source, target in zip(inputs, targets, strict=True):
+        image = np.asarray(_read_array(str(source)))
+        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoObjectsWarning)
+            try:
+                if image.ndim == 2 or rgb or args.method == "ais":
+                    labels = segment_everything(model, image, args.method, **params)
+                else:  # a stack: every 2D slice, on the grid generator's microscopy defaults
+                    labels = segment_everything_slices(model, image,
+                                                       **{**MICROSCOPY_DEFAULTS, **params})
+            except ValueError as error:
+                print(f"napari-sam: {source.name}: {error}", file=sys.stderr)
+                return 2
+        for warning in caught:
+            print(f"napari-sam: {source.name}: {warning.message}", file=sys.stderr)
+        tifffile.imwrite(target, labels.astype(np.int32), compression="zlib")
+        print(f"{source.name}: {int(labels.max(initial=0))} objects -> {target}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-sam", description="Segment Anything models for napari-sam-labeler."
@@ -266,6 +317,28 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tune.set_defaults(run=_finetune)
+    segment = commands.add_parser(
+        "segment",
+        help="segment everything in image files into label TIFFs",
+        description="Automatic instance segmentation of each image (tiff, png, jpg, npy; "
+        "2D gray or RGB, or a stack segmented slice by slice) into DIR/<name>_labels.tif "
+        "(int32). Inputs are never overwritten.",
+    )
+    segment.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    segment.add_argument("--out", required=True, metavar="DIR", help="folder for the labels")
+    segment.add_argument("--model", default="tiny_cells", help="model name or checkpoint")
+    segment.add_argument("--method", choices=("amg", "ais"), default=None,
+                         help="amg: grid of point prompts; ais: the model's instance head")
+    segment.add_argument("--points-per-side", type=int, default=None,
+                         help="grid size for amg (default 32)")  # fmt: skip
+    segment.add_argument("--pred-iou-thresh", type=float, default=None,
+                         help="amg: keep masks above this predicted IoU (default 0.8)")
+    segment.add_argument("--stability-score-thresh", type=float, default=None,
+                         help="amg: keep masks at least this stable (default 0.9)")
+    segment.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace label files of an earlier run")  # fmt: skip
+    segment.set_defaults(run=_segment)
     # Listed here for help; its own arguments are parsed by napari_sam._qt.demo.
     commands.add_parser(
         "demo", help="open napari with a sample image and the widget (demo -h for options)"

@@ -211,7 +211,8 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
 
         self.job = sam.start_job(
             work, "SAM: segment everything", len(views), yielded=write,
-            returned=lambda _: self._finish(result), errored=lambda e: self._fail(result, e),
+            returned=lambda _: self._finish(result, generator),
+            errored=lambda e: self._fail(result, e),
             finished=finished,
         )  # fmt: skip
         self.run_button.setEnabled(False)
@@ -232,12 +233,14 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self._discard(layer)
         self.sam.user_error(error)
 
-    def _finish(self, layer) -> None:
+    def _finish(self, layer, generator) -> None:
         count = int(np.max(layer.data, initial=0))
         self.result_layer = layer
         # Clicks committed afterwards land in this layer, with ids above the automatic ones.
         self.sam.output_layer = layer
-        if count == 0:
-            notify("Segment everything found no objects; try lower thresholds under "
-                   "'advanced settings'.", "info")  # fmt: skip
+        if count == 0:  # which filter removed everything, with the scores seen (last slice)
+            why = generator.last_report.why_empty(generator.pred_iou_thresh,
+                                                  generator.stability_score_thresh)  # fmt: skip
+            notify(f"Segment everything found no objects. {why} (under 'advanced "
+                   "settings')", "info")  # fmt: skip
         self.sam.set_status(f"Segment everything: {count} objects.")

@@ -44,6 +44,7 @@ from .mask_ops import (
     upscaled_statistics,
 )
 from .records import MaskRecord, inclusive_box
+from .report import ScoreReport
 
 # A candidate whose logits straddle a threshold in more than this fraction of the
 # blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
@@ -203,6 +204,7 @@ class AutomaticMaskGenerator:
         """
         rgb = to_uint8_rgb(image)
         shape = rgb.shape[:2]
+        self.last_report = ScoreReport()  # what the filters saw, for an empty result
         crops = crop_boxes(shape, self.crop_n_layers, self.crop_overlap_ratio)
         self._check_grid(crops)
         if embedding is not None and tuple(embedding.original_size) != shape:
@@ -313,6 +315,7 @@ class AutomaticMaskGenerator:
         iou, rows, low = self.model.decode_iou_first(
             embedding.features, (coords, labels), None, None, True, min_iou
         )
+        all_iou = iou.float()
         per_point = low.shape[1]
         low, iou = low.flatten(0, 1).float(), iou[rows].flatten(0, 1).float()
         point_index = rows.repeat_interleave(per_point)
@@ -326,6 +329,7 @@ class AutomaticMaskGenerator:
         threshold, offset = self.model.mask_threshold, self.stability_score_offset
         counts, boxes = self._statistics(low, resampling, threshold, offset)
         stability = counts[:, 2].double() / counts[:, 0].double()
+        self.last_report.add(all_iou.cpu().numpy(), stability.cpu().numpy())
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.stability_score_thresh > 0:
             keep = stability >= self.stability_score_thresh
