@@ -11,6 +11,7 @@ from torch import nn
 from .configs import SamConfig, get_config
 from .factored import ImageSide
 from .image_encoder import ImageEncoderViT
+from .instance_decoder import InstanceDecoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
@@ -40,6 +41,24 @@ class Sam(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self._image_side: tuple | None = None  # see _unmasked_image_side
+        # Optional dense head for automatic instance segmentation (see
+        # `attach_instance_decoder`); None keeps the state_dict exactly Meta's.
+        self.instance_decoder: InstanceDecoder | None = None
+
+    def attach_instance_decoder(self, decoder: InstanceDecoder | None) -> None:
+        """Give the model an instance segmentation head (or remove it with None). It
+        moves with the model (`to`, `eval`); its weights appear in `state_dict()` under
+        `instance_decoder.`. Raises ValueError when it reads another embedding width."""
+        if decoder is not None and decoder.embed_dim != self.prompt_encoder.embed_dim:
+            raise ValueError(
+                f"The instance decoder reads {decoder.embed_dim}-channel embeddings; this "
+                f"model's have {self.prompt_encoder.embed_dim}."
+            )
+        if decoder is None:
+            self._modules.pop("instance_decoder", None)
+            self.__dict__["instance_decoder"] = None
+            return
+        self.instance_decoder = decoder.to(self.device).train(self.training)
 
     @property
     def img_size(self) -> int:

@@ -15,7 +15,14 @@ import torch
 
 from .._llvm_guard import hide_triton_if_llvm_is_loaded
 from ..model import Sam, SamConfig
-from .checkpoint import CheckpointError, build_model, infer_config, read_checkpoint, safe_load
+from .checkpoint import (
+    CheckpointError,
+    build_model,
+    infer_config,
+    read_checkpoint,
+    read_model_file,
+    safe_load,
+)
 from .devices import DeviceNotAvailableError, available_devices, resolve_device, resolve_dtype
 from .download import (
     CACHE_ENV,
@@ -52,6 +59,7 @@ __all__ = [
     "is_downloaded",
     "load_model",
     "read_checkpoint",
+    "read_model_file",
     "register",
     "registry",
     "resolve_device",
@@ -80,6 +88,9 @@ def load_model(
       unwrapped weights must fit the model exactly. Its architecture comes from
       `config`, else from a config stored in the file, else from its tensor shapes
       (which identify vit_b/l/h).
+    - An instance segmentation head stored in the file (micro-sam's `decoder_state`, or
+      `instance_decoder.` weights saved with a model) is loaded as `model.instance_decoder`
+      (see `napari_sam.segment_everything`); without one it is None.
     - `device`: "auto" (cuda, then mps, then cpu) or a device this machine has.
     - `dtype`: "auto" (bfloat16 on a GPU that supports it, else float32) or a floating
       dtype; it applies to the image encoder, while the prompt encoder and mask decoder
@@ -101,7 +112,7 @@ def load_model(
         config = config or entry.config
     else:
         path = _local_file(name_or_path, sorted(entries))
-    state, stored = read_checkpoint(path)
+    state, stored, decoder_state = read_model_file(path)
     if config is None:
         config = stored
     if config is None:
@@ -109,7 +120,7 @@ def load_model(
             config = infer_config(state, known=[entry.config for entry in entries.values()])
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
-    model = build_model(config, state, str(path))
+    model = build_model(config, state, str(path), decoder_state)
     model.float()
     model.image_encoder.to(dtype)
     return model.to(target).eval()

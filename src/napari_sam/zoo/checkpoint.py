@@ -24,7 +24,14 @@ from typing import Any
 import torch
 
 from ..model import CONFIGS, Sam, SamConfig, build_sam
-from .state_dict import SAM_PREFIXES, CheckpointError, config_from, extract_state_dict
+from ..model.instance_decoder import instance_decoder_from_state
+from .state_dict import (
+    SAM_PREFIXES,
+    CheckpointError,
+    config_from,
+    extract_decoder_state,
+    extract_state_dict,
+)
 
 __all__ = [
     "SAM_PREFIXES",
@@ -34,6 +41,7 @@ __all__ = [
     "extract_state_dict",
     "infer_config",
     "read_checkpoint",
+    "read_model_file",
     "safe_load",
 ]
 
@@ -234,12 +242,24 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfi
     files, whose config is JSON text in their metadata under "config".
     Raises `FileNotFoundError` or `CheckpointError`.
     """
+    state, config, _ = read_model_file(path)
+    return state, config
+
+
+def read_model_file(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], SamConfig | None, dict[str, torch.Tensor] | None]:
+    """`read_checkpoint`, plus the instance segmentation decoder's weights when the file
+    has them (micro-sam's `decoder_state`, or a head saved with the model), else None."""
     path = Path(path)
     if _is_safetensors(path):
         tensors, metadata = _read_safetensors(path)
         state, _ = extract_state_dict(tensors, str(path))
-        return state, config_from(metadata.get("config"), str(path))
-    return extract_state_dict(safe_load(path), str(path))
+        config = config_from(metadata.get("config"), str(path))
+        return state, config, extract_decoder_state(tensors, str(path))
+    checkpoint = safe_load(path)
+    state, config = extract_state_dict(checkpoint, str(path))
+    return state, config, extract_decoder_state(checkpoint, str(path))
 
 
 # -- config inference ------------------------------------------------------------------
@@ -352,8 +372,26 @@ def _check_fits(
         )
 
 
-def build_model(config: SamConfig, state: Mapping[str, torch.Tensor], source: str) -> Sam:
-    """A `Sam` of `config` holding the weights `state` (checked strictly), on the CPU."""
+def build_model(
+    config: SamConfig,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    decoder_state: Mapping[str, torch.Tensor] | None = None,
+) -> Sam:
+    """A `Sam` of `config` holding the weights `state` (checked strictly), on the CPU,
+    with an instance segmentation head built from `decoder_state` when given."""
+    model = _build_sam_only(config, state, source)
+    if decoder_state is not None:
+        try:
+            model.attach_instance_decoder(
+                instance_decoder_from_state(decoder_state, f"{source} (decoder_state)")
+            )
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    return model
+
+
+def _build_sam_only(config: SamConfig, state: Mapping[str, torch.Tensor], source: str) -> Sam:
     # Built on the meta device, the model costs no random initialisation (seconds for
     # vit_h) and takes the loaded tensors as they are, without a second copy in memory.
     with torch.device("meta"):

@@ -121,6 +121,37 @@ def extract_state_dict(
     return {name: value.detach() for name, value in state.items()}, config
 
 
+DECODER_STATE = "decoder_state"  # micro-sam's entry for its instance segmentation decoder
+HEAD_PREFIX = "instance_decoder."  # the head's keys in `Sam.state_dict()`
+
+
+def extract_decoder_state(checkpoint: Any, source: str = "checkpoint") -> dict | None:
+    """The instance segmentation decoder's weights in a loaded checkpoint, or None.
+
+    micro-sam stores them as a top-level `decoder_state` mapping beside the SAM weights;
+    a `Sam.state_dict()` with a head holds them under `instance_decoder.` (unwrapped
+    like SAM's keys). Raises `CheckpointError` when `decoder_state` holds non-tensors."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    stored = checkpoint.get(DECODER_STATE)
+    if isinstance(stored, Mapping) and stored:
+        bad = [key for key, value in stored.items() if not isinstance(value, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{source}: its decoder_state entry {bad[0]!r} is not a tensor.")
+        return {str(key): value.detach() for key, value in stored.items()}
+    head = {}
+    for path, value in _entries(checkpoint):
+        name = path.rpartition("/")[2]
+        while not name.startswith(HEAD_PREFIX):
+            prefix = next((p for p in WRAPPER_PREFIXES if name.startswith(p)), None)
+            if prefix is None:
+                break
+            name = name[len(prefix) :]
+        if name.startswith(HEAD_PREFIX) and isinstance(value, torch.Tensor):
+            head[name[len(HEAD_PREFIX) :]] = value.detach()
+    return head or None
+
+
 _PLAIN = (Mapping, torch.Tensor, str, bytes, int, float, list, tuple, set, frozenset)
 
 
