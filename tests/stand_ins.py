@@ -107,3 +107,17 @@ def touching_spheres(shape=(24, 128, 128), radius=20, noise=15.0, seed=0):
         truth[inside & (truth == 0)] = label
     image = np.where(truth > 0, 170.0, 50.0) + rng.normal(0, noise, shape)
     return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def head_model(seed: int = 0):
+    """`disc_model` carrying an instance segmentation head of PyTorch's default random
+    initialisation (seeded): its maps vary over the image, so its labels change with
+    the thresholds (seed 0 on `coins()`: 29 objects at foreground > 0.5, 3 at > 0.7)."""
+    import torch
+
+    from napari_sam.model.instance_decoder import InstanceDecoder
+
+    model = disc_model()
+    torch.manual_seed(seed)
+    model.attach_instance_decoder(InstanceDecoder(model.prompt_encoder.embed_dim, 8).eval())
+    return model

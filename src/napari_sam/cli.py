@@ -234,12 +234,7 @@ def _segment(args: argparse.Namespace) -> int:
     import numpy as np
     import tifffile
 
-    from .automatic import (
-        MICROSCOPY_DEFAULTS,
-        NoObjectsWarning,
-        segment_everything,
-        segment_everything_slices,
-    )
+    from .automatic import NoObjectsWarning, segment_everything, segment_everything_slices
     from .zoo import load_model
 
     out = Path(args.out)
@@ -252,7 +247,11 @@ def _segment(args: argparse.Namespace) -> int:
               "overwritten; --overwrite replaces earlier results).", file=sys.stderr)
         return 2
     given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-             "stability_score_thresh": args.stability_score_thresh}  # fmt: skip
+             "stability_score_thresh": args.stability_score_thresh,
+             "center_distance_threshold": args.center_distance_threshold,
+             "boundary_distance_threshold": args.boundary_distance_threshold,
+             "foreground_threshold": args.foreground_threshold,
+             "min_size": args.min_size}  # fmt: skip
     params = {name: value for name, value in given.items() if value is not None}
     model = load_model(args.model, device=args.device)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,11 +261,11 @@ def _segment(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoObjectsWarning)
             try:
-                if image.ndim == 2 or rgb or args.method == "ais":
+                if image.ndim == 2 or rgb:
                     labels = segment_everything(model, image, args.method, **params)
-                else:  # a stack: every 2D slice, on the grid generator's microscopy defaults
-                    labels = segment_everything_slices(model, image,
-                                                       **{**MICROSCOPY_DEFAULTS, **params})
+                else:  # a stack: every 2D slice
+                    labels = segment_everything_slices(model, image, method=args.method,
+                                                       **params)  # fmt: skip
             except ValueError as error:
                 print(f"napari-sam: {source.name}: {error}", file=sys.stderr)
                 return 2
@@ -328,13 +327,20 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", required=True, metavar="DIR", help="folder for the labels")
     segment.add_argument("--model", default="tiny_cells", help="model name or checkpoint")
     segment.add_argument("--method", choices=("amg", "ais"), default=None,
-                         help="amg: grid of point prompts; ais: the model's instance head")
+                         help="ais: the model's instance head (default where the model has "
+                         "one); amg: grid of point prompts")
     segment.add_argument("--points-per-side", type=int, default=None,
                          help="grid size for amg (default 32)")  # fmt: skip
     segment.add_argument("--pred-iou-thresh", type=float, default=None,
                          help="amg: keep masks above this predicted IoU (default 0.8)")
     segment.add_argument("--stability-score-thresh", type=float, default=None,
                          help="amg: keep masks at least this stable (default 0.9)")
+    for name, default in (("center-distance-threshold", 0.5),
+                          ("boundary-distance-threshold", 0.5), ("foreground-threshold", 0.5)):
+        segment.add_argument(f"--{name}", type=float, default=None,
+                             help=f"ais: see napari_sam.automatic.AIS_HELP (default {default})")
+    segment.add_argument("--min-size", type=int, default=None,
+                         help="ais: remove objects of fewer pixels (default 10)")
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace label files of an earlier run")  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from napari_sam import AutomaticMaskGenerator, load_model, masks_to_labels, segment_everything
 from napari_sam.automatic import MICROSCOPY_DEFAULTS, NoObjectsWarning
-from tests.stand_ins import coins, disc_model
+from tests.stand_ins import coins, disc_model, head_model
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,74 @@ def test_bad_input(bundled):
     with pytest.raises(ValueError, match="method must be"):
         segment_everything(bundled, coins(), method="watershed")
     with pytest.raises(ValueError, match="no instance segmentation head"):
-        segment_everything(bundled, coins(), method="ais")
+        segment_everything(disc_model(), coins(), method="ais")
     with pytest.raises(ValueError, match="segment_everything_slices"):
         segment_everything(bundled, np.zeros((4, 32, 32)))
     with pytest.raises(ValueError, match="points_per_side"):
         segment_everything(bundled, coins(), points_per_side=0)
+
+
+def test_the_grid_decoded_once_gives_what_a_direct_run_gives_without_decoding_again():
+    from napari_sam.automatic import EverythingSegmenter
+
+    model, image = disc_model(), coins()[:96, :128]
+    segmenter = EverythingSegmenter(model, "amg", points_per_side=4)
+    segmenter.decode(image)
+    calls = []
+    decode = model.decode_iou_first
+    model.decode_iou_first = lambda *a, **k: calls.append(1) or decode(*a, **k)
+    settings = [
+        {"stability_score_thresh": 0.8},
+        {"stability_score_thresh": 0.8, "box_nms_thresh": 0.3},
+        {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_region_area": 0},
+    ]
+    counts = []
+    for filters in settings:
+        labels = segmenter.labels(**filters)
+        assert not calls  # filtering only: the model is not run again
+        model.decode_iou_first = decode
+        expected = segment_everything(model, image, "amg", points_per_side=4, **filters)
+        model.decode_iou_first = lambda *a, **k: calls.append(1) or decode(*a, **k)
+        assert np.array_equal(labels, expected)
+        counts.append(int(labels.max()))
+    assert len(set(counts)) > 1  # the settings make a difference
+    with pytest.warns(NoObjectsWarning, match="predicted-IoU filter"):
+        assert not segmenter.labels(pred_iou_thresh=0.99).any()
+
+
+def test_segmenter_errors():
+    from napari_sam.automatic import EverythingSegmenter
+
+    model = disc_model()
+    with pytest.raises(ValueError, match="Unknown parameter"):
+        EverythingSegmenter(model, "amg", center_distance_threshold=0.5)
+    with pytest.raises(ValueError, match="no instance segmentation head"):
+        EverythingSegmenter(model, "ais")
+    segmenter = EverythingSegmenter(model)
+    assert segmenter.method == "amg"  # no head: the grid
+    with pytest.raises(RuntimeError, match="decode"):
+        segmenter.labels()
+
+
+def test_ais_is_the_heads_maps_through_the_watershed_and_the_default_with_a_head():
+    from napari_sam.automatic import EverythingSegmenter, predict_instance_maps
+
+    model, image = head_model(), coins()
+    maps = predict_instance_maps(model, image)
+    labels = segment_everything(model, image)  # a head: "ais" without asking
+    assert labels.dtype == np.int32 and labels.shape == image.shape
+    assert np.array_equal(labels, maps.labels()) and labels.max() > 3
+    lowered = segment_everything(model, image, "ais", foreground_threshold=0.7)
+    assert np.array_equal(lowered, maps.labels(foreground_threshold=0.7))
+    assert lowered.max() != labels.max()
+    # Decoded once, labelled again without running the head.
+    segmenter = EverythingSegmenter(model)
+    segmenter.decode(image)
+    calls = []
+    model.instance_decoder.register_forward_hook(lambda *_: calls.append(1))
+    assert np.array_equal(segmenter.labels(foreground_threshold=0.7), lowered)
+    assert np.array_equal(segmenter.labels(), labels) and not calls
+    with pytest.raises(ValueError, match="Unknown parameter"):
+        segment_everything(model, image, "ais", pred_iou_thresh=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        segment_everything(model, image, "ais", foreground_threshold=1.5)

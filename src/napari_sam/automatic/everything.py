@@ -2,14 +2,21 @@
 
 >>> labels = segment_everything(model, image)                    # (H, W) int32 labels
 >>> labels = segment_everything(model, image, method="amg", points_per_side=32)
+>>> segmenter = EverythingSegmenter(model); segmenter.decode(image)   # decode once ...
+>>> labels = segmenter.labels(center_distance_threshold=0.4)          # ... filter many times
 
-Methods: "amg" is SAM's automatic mask generation (Kirillov et al. 2023): a grid of point
-prompts, filtered by predicted IoU and stability, de-duplicated by NMS
-(`AutomaticMaskGenerator`, with `MICROSCOPY_DEFAULTS` unless given). "ais", automatic
-instance segmentation from a dense decoder head on the image embedding (micro-sam,
-Archit et al. 2025), needs a model that carries such a head; no model loaded by this
-version does (the loader does not read micro-sam's `decoder_state` yet), so
-`method=None` means "amg" and "ais" says so.
+Methods:
+- "ais", automatic instance segmentation (micro-sam, Archit et al. 2025): a dense
+  decoder head on the image embedding predicts foreground and distances to object
+  centres and boundaries, and a seeded watershed separates the objects
+  (`automatic.instances`). One decoder pass: seconds faster than the grid, and made for
+  cells and nuclei. Needs a model with a head (`has_instance_head`): tiny_cells and
+  micro-sam's `*_lm` / `*_em_organelles` carry one.
+- "amg", SAM's automatic mask generation (Kirillov et al. 2023): a grid of point
+  prompts, filtered by predicted IoU and stability, de-duplicated by NMS
+  (`AutomaticMaskGenerator`, with `MICROSCOPY_DEFAULTS` unless given). Any SAM model;
+  finds objects of any kind, also inside others.
+`method=None` takes "ais" where the model has a head, else "amg".
 """
 
 from __future__ import annotations
@@ -20,15 +27,44 @@ from collections.abc import Callable
 import numpy as np
 
 from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator
+from .grid_pool import DECODE_PARAMS, FILTER_PARAMS, GridCandidates
+from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_instance_maps
 from .records import masks_to_labels
 
-__all__ = ["METHODS", "NoObjectsWarning", "segment_everything"]
+__all__ = ["METHODS", "EverythingSegmenter", "NoObjectsWarning", "choose_method",
+           "segment_everything"]  # fmt: skip
 
 METHODS = ("amg", "ais")
 
 
 class NoObjectsWarning(UserWarning):
     """Segment everything found nothing; the message says which filter removed what."""
+
+
+def choose_method(model, method: str | None) -> str:
+    """The method `method` names, or for None the best one `model` supports. Raises
+    ValueError for an unknown method, or "ais" on a model without a head."""
+    if method is None:
+        return "ais" if has_instance_head(model) else "amg"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None; got {method!r}.")
+    if method == "ais" and not has_instance_head(model):
+        raise ValueError(
+            "This model has no instance segmentation head, which method='ais' needs: load "
+            "one that carries it (tiny_cells, vit_b_lm, vit_l_lm, *_em_organelles) or use "
+            "method='amg' (the grid of point prompts)."
+        )
+    return method
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+        raise ValueError(
+            f"segment_everything takes one 2D image, (H, W) or (H, W, 3|4); got shape "
+            f"{image.shape}. For a stack: napari_sam.automatic.segment_everything_slices."
+        )
+    return image
 
 
 def segment_everything(
@@ -42,33 +78,23 @@ def segment_everything(
     **params,
 ) -> np.ndarray:
     """Every object of a 2D image as an (H, W) int32 label image (0: background; ids
-    1..N, smaller objects drawn over larger ones that contain them).
+    1..N; for "amg", smaller objects drawn over larger ones that contain them).
 
     model: a `Sam`. image: (H, W) gray or (H, W, 3|4) RGB(A), any dtype (for stacks,
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
     embedding: this model's `ImageEmbedding` of the image, to skip the encoder.
-    params: the method's parameters (for "amg" those of `AutomaticMaskGenerator`, on top
-    of `MICROSCOPY_DEFAULTS`). progress/cancelled: as `AutomaticMaskGenerator.generate`.
-    Warns `NoObjectsWarning` with the scores seen when nothing passes the filters.
+    params: the method's parameters: for "ais" those of `AIS_DEFAULTS` (see `AIS_HELP`),
+    for "amg" those of `AutomaticMaskGenerator` on top of `MICROSCOPY_DEFAULTS`.
+    progress/cancelled: as `AutomaticMaskGenerator.generate` ("amg" only).
+    Warns `NoObjectsWarning` ("amg") with the scores seen when nothing passes the filters.
     Raises ValueError for an unknown method, "ais" on a model without a head, bad
     parameters or an image that is not 2D.
     """
-    if method is None:
-        method = "amg"
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} or None; got {method!r}.")
-    image = np.asarray(image)
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
-        raise ValueError(
-            f"segment_everything takes one 2D image, (H, W) or (H, W, 3|4); got shape "
-            f"{image.shape}. For a stack: napari_sam.automatic.segment_everything_slices."
-        )
+    method = choose_method(model, method)
+    image = _check_image(image)
     if method == "ais":
-        raise ValueError(
-            "This model has no instance segmentation head: method='ais' needs a model "
-            "that carries one, and this version loads none yet (micro-sam's decoder_state "
-            "is not read); use method='amg' (the grid of point prompts)."
-        )
+        maps = predict_instance_maps(model, image, embedding=embedding)
+        return maps.labels(**params)
     generator = AutomaticMaskGenerator(model, **{**MICROSCOPY_DEFAULTS, **params})
     records = generator.generate(image, embedding=embedding, progress=progress,
                                  cancelled=cancelled)  # fmt: skip
@@ -78,3 +104,98 @@ def segment_everything(
         )
         warnings.warn(NoObjectsWarning(why), stacklevel=2)
     return masks_to_labels(records, image.shape[:2])
+
+
+class EverythingSegmenter:
+    """Segment everything with one method, decoding each image once: `decode(image)`
+    keeps the head's maps ("ais", `InstanceMaps`) or every grid candidate ("amg",
+    `GridCandidates`), and `labels(**params)` applies thresholds to them in
+    milliseconds to a second. Parameters that change the decoding itself (the grid's
+    `DECODE_PARAMS`) are given to `decode`.
+
+    model: a `Sam`; method: as `segment_everything` (None picks); params: defaults for
+    `decode` and `labels` (ValueError for names the method does not take). Only the
+    last decoded image is kept (`decoded`; its memory: `nbytes`).
+    """
+
+    def __init__(self, model, method: str | None = None, **params) -> None:
+        self.model = model
+        self.method = choose_method(model, method)
+        self.params = dict(params)  # defaults for decode() / labels(), checked there
+        self.decoded: InstanceMaps | GridCandidates | None = None
+        self.image_shape: tuple[int, int] | None = None
+        self._split(self.params)  # unknown names fail here, not on the first image
+
+    def _split(self, params: dict) -> tuple[dict, dict]:
+        """(decoding, labelling) parameters of this method."""
+        if self.method == "ais":
+            unknown = sorted(set(params) - set(AIS_DEFAULTS))
+            allowed = sorted(AIS_DEFAULTS)
+        else:
+            allowed = sorted(set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS))
+            unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(f"Unknown parameter(s) {unknown} for method {self.method!r}; "
+                             f"it takes {allowed}.")  # fmt: skip
+        if self.method == "ais":
+            return {}, dict(params)
+        decode = {k: v for k, v in params.items() if k in DECODE_PARAMS}
+        return decode, {k: v for k, v in params.items() if k not in DECODE_PARAMS}
+
+    def decode(
+        self,
+        image: np.ndarray,
+        *,
+        embedding=None,
+        progress: Callable[[int, int], object] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        **decode_params,
+    ) -> None:
+        """Run the model on a 2D image (see `segment_everything`) and keep the result.
+        decode_params: for "amg" `points_per_side` etc. (`DECODE_PARAMS`); "ais" has none.
+        Raises ValueError for a bad image or parameters."""
+        image = _check_image(image)
+        decode_params = {**self._split(self.params)[0], **decode_params}
+        if self.method == "ais":
+            if decode_params:
+                raise ValueError(f"method 'ais' has no decoding parameters; got {decode_params}.")
+            self.decoded = predict_instance_maps(self.model, image, embedding=embedding)
+        else:
+            params = {"points_per_side": MICROSCOPY_DEFAULTS["points_per_side"], **decode_params}
+            self.decoded = GridCandidates.decode(self.model, image, embedding=embedding,
+                                                 progress=progress, cancelled=cancelled,
+                                                 **params)  # fmt: skip
+        self.image_shape = image.shape[:2]
+
+    def labels(self, **params) -> np.ndarray:
+        """(H, W) int32 labels of the decoded image with these parameters: "ais" those of
+        `AIS_DEFAULTS`, "amg" the grid's filters (defaults `MICROSCOPY_DEFAULTS`'). Warns
+        `NoObjectsWarning` as `segment_everything`. Raises RuntimeError before `decode`,
+        ValueError for bad parameters."""
+        if self.decoded is None:
+            raise RuntimeError("Call decode(image) first.")
+        params = self._split({**self.params, **params})[1]
+        if isinstance(self.decoded, InstanceMaps):
+            return self.decoded.labels(**params)
+        filters = {k: v for k, v in MICROSCOPY_DEFAULTS.items() if k not in DECODE_PARAMS}
+        filters.update(params)
+        records = self.decoded.records(**filters)
+        if not records:
+            warnings.warn(NoObjectsWarning(self.decoded.why_empty(**filters)), stacklevel=2)
+        return masks_to_labels(records, self.image_shape)
+
+    @property
+    def defaults(self) -> dict:
+        """The method's parameters and their defaults."""
+        if self.method == "ais":
+            return dict(AIS_DEFAULTS)
+        return dict(MICROSCOPY_DEFAULTS)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded image (bytes)."""
+        if isinstance(self.decoded, InstanceMaps):
+            return sum(m.nbytes for m in self.decoded._smoothed.values()) + 3 * (
+                self.decoded.foreground.nbytes
+            )
+        return 0 if self.decoded is None else self.decoded.nbytes

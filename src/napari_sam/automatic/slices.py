@@ -6,7 +6,7 @@ embedding, segments it with an `AutomaticMaskGenerator` and yields its labels wi
 made unique across the slices. `segment_everything_slices` runs that loop over a whole
 numpy or dask array and returns the labels.
 
->>> labels = segment_everything_slices(load_model("tiny_cells"), stack, **MICROSCOPY_DEFAULTS)
+>>> labels = segment_everything_slices(load_model("tiny_cells"), stack)  # AIS: it has a head
 >>> labels.shape == stack.shape, labels.dtype                  # (True, dtype('int32'))
 
 Coordinates are the data's own axes; a view's `displayed` axes are its (row, col) axes.
@@ -15,6 +15,7 @@ Coordinates are the data's own axes; a view's `displayed` axes are its (row, col
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from ..embeddings import fingerprint
 from ..view import ViewSpec, extract_view, mask_indices
-from .generator import AutomaticMaskGenerator, GenerationCancelled
+from .everything import EverythingSegmenter, NoObjectsWarning, choose_method
+from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator, GenerationCancelled
 from .records import masks_to_labels
 
 __all__ = ["SliceLabels", "segment_everything_slices", "segment_slices", "slice_views"]
@@ -55,7 +57,9 @@ def segment_slices(
     """Segment everything in each view, one view at a time: yields a `SliceLabels` per view.
 
     generator: an `AutomaticMaskGenerator` (its model embeds the views and its filters
-        apply). Build it where bad parameters should raise (e.g. in the GUI thread).
+        apply) or an `EverythingSegmenter` (its method and parameters apply; the last
+        slice stays decoded). Build it where bad parameters should raise (e.g. in the
+        GUI thread).
     read_view(view) -> (pixels, where): the view's (H, W) gray or (H, W, 3|4) RGB(A)
         pixels (any dtype) and a hashable naming where they come from (the middle part
         of the cache key, as `AnnotationSession.read_view` gives for its view).
@@ -101,8 +105,14 @@ def _slices(generator, read_view, views, cache, model_id, cancelled, last_id):
             embedding = embed_image(model, pixels)
             if key is not None:
                 cache.put(key, embedding)
-        records = generator.generate(pixels, embedding=embedding, cancelled=cancelled)
-        plane = masks_to_labels(records, pixels.shape[:2])
+        if isinstance(generator, AutomaticMaskGenerator):
+            records = generator.generate(pixels, embedding=embedding, cancelled=cancelled)
+            plane = masks_to_labels(records, pixels.shape[:2])
+        else:  # an EverythingSegmenter: "ais", or the grid decoded once per slice
+            generator.decode(pixels, embedding=embedding, cancelled=cancelled)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoObjectsWarning)  # an empty slice is fine
+                plane = generator.labels()
         count = int(plane.max(initial=0))
         if last_id + count > _MAX_ID:
             raise ValueError(
@@ -144,6 +154,7 @@ def segment_everything_slices(
     cancelled: Callable[[], bool] | None = None,
     link_axis: int | None = None,
     min_link_iou: float = 0.5,
+    method: str | None = None,
     **params,
 ) -> np.ndarray:
     """Segment everything in every 2D slice of `data`; the labels of all slices together.
@@ -160,7 +171,10 @@ def segment_everything_slices(
         optimal one-to-one assignment; every index of the other sliced axes, e.g. t,
         on its own). None: every object of every slice keeps its own id.
     min_link_iou: the least IoU, in (0, 1], for two objects to be linked.
-    params: `AutomaticMaskGenerator`'s (Meta's defaults; `MICROSCOPY_DEFAULTS` for cells).
+    method: "ais", "amg" or None, as `segment_everything` (None: "ais" where the model
+        has an instance head).
+    params: the method's parameters, as `segment_everything` ("amg": those of
+        `AutomaticMaskGenerator` on top of `MICROSCOPY_DEFAULTS`).
 
     Returns int32 labels of the data's spatial shape (the colour axis dropped), 0 for
     background, every object with its own id across all slices (ids may skip values);
@@ -176,7 +190,10 @@ def segment_everything_slices(
     link = None
     if link_axis is not None:
         link = _link_axes(len(shape), views[0].displayed, link_axis, min_link_iou)
-    generator = AutomaticMaskGenerator(model, **params)
+    if choose_method(model, method) == "ais":
+        generator = EverythingSegmenter(model, "ais", **params)
+    else:
+        generator = AutomaticMaskGenerator(model, **{**MICROSCOPY_DEFAULTS, **params})
     labels = np.zeros(shape, np.int32)
 
     def read(view: ViewSpec) -> tuple[np.ndarray, Hashable]:
