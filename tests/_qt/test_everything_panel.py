@@ -197,3 +197,79 @@ def test_link_slices_of_a_time_lapse_links_z_within_each_t(make_napari_viewer):
     for t in range(2):
         for z in range(3):
             np.testing.assert_array_equal(labels[t, z], labels[t, 0])
+
+
+def shown(form) -> bool:
+    """Shown once its window is (the test's window is never put on screen)."""
+    return not form.native.isHidden()
+
+
+def test_method_choice_follows_the_model_and_shows_its_settings(make_napari_viewer):
+    from napari_sam import segment_everything
+    from tests.stand_ins import head_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="coins")
+    model = head_model()
+    widget = open_widget(viewer, model)
+    panel = widget.everything
+    panel.advanced.value = True
+    assert panel.method.value == "auto" and panel.effective_method() == "ais"
+    assert shown(panel.ais_settings) and not shown(panel.settings)
+    layer = widget.segment_everything(wait=True)
+    expected = segment_everything(model, coins(), "ais")
+    assert np.array_equal(layer.data, expected) and expected.max() > 3
+    # The grid on the same model, when chosen.
+    panel.method.value = "amg"
+    assert shown(panel.settings) and not shown(panel.ais_settings)
+    panel.settings.points_per_side.value = 4
+    panel.settings.stability_score_thresh.value = 0.8
+    grid = widget.segment_everything(wait=True)
+    params = {"points_per_side": 4, "stability_score_thresh": 0.8}
+    assert np.array_equal(grid.data, segment_everything(model, coins(), "amg", **params))
+
+
+def test_a_new_threshold_relabels_at_once_but_never_a_layer_the_user_edited(
+    make_napari_viewer,
+):
+    from napari_sam import segment_everything
+    from tests.stand_ins import head_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="coins")
+    model = head_model()
+    widget = open_widget(viewer, model)
+    panel = widget.everything
+    layer = widget.segment_everything(wait=True)
+    before = layer.data.max()
+    decoder_calls = []
+    model.instance_decoder.register_forward_hook(lambda *_: decoder_calls.append(1))
+    panel.ais_settings.foreground_threshold.value = 0.7  # the form's change re-labels
+    expected = segment_everything(model, coins(), "ais", foreground_threshold=0.7)
+    decoder_calls.clear()  # (segment_everything above ran the head; the panel did not)
+    assert np.array_equal(layer.data, expected) and expected.max() != before
+    panel.ais_settings.min_size.value = 50
+    assert not decoder_calls
+    assert np.array_equal(layer.data, segment_everything(
+        model, coins(), "ais", foreground_threshold=0.7, min_size=50))
+    # The user paints into the result: a later change leaves it as it is.
+    layer.data[0:5, 0:5] = 99
+    edited = layer.data.copy()
+    panel.ais_settings.foreground_threshold.value = 0.5
+    assert np.array_equal(layer.data, edited)
+    assert "edited" in widget.status_label.text()
+
+
+def test_every_slice_with_the_instance_head(make_napari_viewer):
+    from napari_sam.automatic import segment_everything_slices
+    from tests.stand_ins import head_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_stack(3), name="stack")
+    model = head_model()
+    widget = open_widget(viewer, model)
+    widget.everything.every_slice.value = True
+    layer = widget.segment_everything(wait=True)
+    expected = segment_everything_slices(model, blobs_stack(3), method="ais")
+    assert np.array_equal(layer.data, expected)
+    assert all(expected[z].any() for z in range(3))

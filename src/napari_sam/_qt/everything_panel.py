@@ -4,8 +4,12 @@ objects of every slice optionally linked into 3D objects
 (`napari_sam.volume.linking.link_slices`).
 
 The work is `napari_sam.automatic.segment_slices` (Qt-free), run as a `Job` of the widget
-it belongs to; the filters are a magicgui form of the generator's parameters. It uses the
-widget's public API only (image layer, view, model, session cache, output layer).
+it belongs to. Under "advanced settings": the method ("auto" is the model's instance head
+where it has one, else the grid) and a magicgui form of each method's parameters. The
+view on screen is decoded once (`EverythingSegmenter`): changing a threshold afterwards
+re-labels it at once, in place while the result layer is as the panel wrote it (a layer
+the user edited is never overwritten: a new one is made). It uses the widget's public API
+only (image layer, view, model, session cache, output layer).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..view import ViewSpec
@@ -51,6 +55,32 @@ def _settings_form() -> Container:
         SpinBox(name="min_mask_region_area", label="min. area (px)",
                 value=d["min_mask_region_area"], min=0, max=1_000_000),
     ])  # fmt: skip
+
+
+def _ais_form() -> Container:
+    """The instance head's post-processing parameters (`AIS_DEFAULTS`, `AIS_HELP`)."""
+    from ..automatic import AIS_DEFAULTS as d
+    from ..automatic import AIS_HELP as why
+
+    def fraction(name: str, label: str) -> FloatSpinBox:
+        return FloatSpinBox(name=name, label=label, value=d[name], min=0.0, max=1.0,
+                            step=0.05, tooltip=why[name])  # fmt: skip
+
+    return Container(widgets=[
+        fraction("center_distance_threshold", "centre distance <"),
+        fraction("boundary_distance_threshold", "boundary distance <"),
+        fraction("foreground_threshold", "foreground >"),
+        SpinBox(name="min_size", label="min. size (px)", value=d["min_size"], min=0,
+                max=1_000_000, tooltip=why["min_size"]),
+    ])  # fmt: skip
+
+
+METHOD_TOOLTIP = (
+    "auto: the model's instance segmentation head (AIS) where it has one, else the grid\n"
+    "ais: a dense head predicts object centres and boundaries; a watershed separates\n"
+    "     them (fast, made for cells and nuclei; needs a model with a head)\n"
+    "amg: SAM's grid of point prompts, filtered and de-duplicated (any model)"
+)
 
 
 class _SessionEmbeddings:
@@ -92,14 +122,40 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         # A tick box that shows the filters: a collapsed group box would stay an empty frame.
         self.advanced = CheckBox(text="advanced settings")
         self.settings = _settings_form()
-        self.settings.visible = False
-        self.advanced.changed.connect(lambda shown: setattr(self.settings, "visible", shown))
         layout.addWidget(self.advanced.native)
-        layout.addWidget(self.settings.native)
+        self.method = ComboBox(label="method", choices=["auto", "ais", "amg"], value="auto",
+                               tooltip=METHOD_TOOLTIP)  # fmt: skip
+        self.ais_settings = _ais_form()
+        self.method_row = Container(widgets=[self.method], labels=True)
+        for form in (self.method_row, self.settings, self.ais_settings):
+            form.visible = False
+            layout.addWidget(form.native)
+        self.advanced.changed.connect(lambda _: self.show_forms())
+        self.method.changed.connect(lambda _: self.show_forms())
+        # Decode once, label many times: the last single view's decoded state.
+        self.decoded = None  # (segmenter, view key, result layer, labels written)
+        for form in (self.settings, self.ais_settings):
+            form.changed.connect(lambda _: self.relabel())
+
+    def effective_method(self) -> str:
+        """"ais" or "amg": the choice, with "auto" resolved for the loaded model."""
+        from ..automatic import has_instance_head
+
+        if self.method.value != "auto":
+            return self.method.value
+        model = self.sam.model
+        return "ais" if model is not None and has_instance_head(model) else "amg"
+
+    def show_forms(self) -> None:
+        shown, ais = self.advanced.value, self.effective_method() == "ais"
+        self.method_row.visible = shown
+        self.settings.visible = shown and not ais
+        self.ais_settings.visible = shown and ais
 
     def parameters(self) -> dict:
-        """The generator's keyword arguments, as the form shows them."""
-        return {widget.name: widget.value for widget in self.settings}
+        """The chosen method's keyword arguments, as its form shows them."""
+        form = self.ais_settings if self.effective_method() == "ais" else self.settings
+        return {widget.name: widget.value for widget in form}
 
     def views(self, current: ViewSpec) -> list[ViewSpec]:
         """The view on screen, or with "every slice" every combination of the other axes
@@ -141,8 +197,51 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             return self.result_layer
         return None
 
+    def relabel(self) -> bool:
+        """Re-label the last single view from its decoded state with the form's values
+        (milliseconds; the grid's points per side needs a new run). Only while the
+        result layer is as the panel wrote it; True when it was re-labelled."""
+        if self.decoded is None or self.job is not None:
+            return False
+        segmenter, plane_index, layer, written = self.decoded
+        if layer not in self.sam.viewer.layers or segmenter.model is not self.sam.model:
+            self.decoded = None
+            return False
+        params = self.parameters()
+        if segmenter.method != self.effective_method() or any(
+            params.get(k) != segmenter.params.get(k) for k in ("points_per_side",)
+        ):
+            return False
+        if not np.array_equal(layer.data[plane_index], written.ravel()):
+            self.sam.set_status("The result layer was edited: it is kept as it is. Press "
+                                "Segment everything for a new one.")  # fmt: skip
+            self.decoded = None
+            return False
+        import warnings
+
+        from ..automatic import NoObjectsWarning
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NoObjectsWarning)
+                labels = segmenter.labels(**params)
+        except ValueError as error:
+            self.sam.user_error(error)
+            return False
+        layer.data[plane_index] = labels.ravel()
+        layer.refresh()
+        self.decoded = (segmenter, plane_index, layer, labels.ravel())
+        why = f" {caught[0].message}" if caught else ""
+        self.sam.set_status(f"Segment everything: {int(labels.max(initial=0))} objects.{why}")
+        return True
+
     def _start(self) -> None:
-        from ..automatic import AutomaticMaskGenerator, GenerationCancelled, segment_slices
+        from ..automatic import (
+            AutomaticMaskGenerator,
+            EverythingSegmenter,
+            GenerationCancelled,
+            segment_slices,
+        )
 
         sam = self.sam
         if self.job is not None or sam.model is None or sam.image_layer is None:
@@ -152,8 +251,14 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         layer = sam.image_layer
         current = sam.current_view()
         views, link_axis = self.views(current), self.link_axis(current)
-        # Made here, in the GUI thread, so bad settings become a message at once.
-        generator = AutomaticMaskGenerator(sam.model, **self.parameters())
+        # Made here, in the GUI thread, so bad settings become a message at once. The
+        # grid over every slice runs direct (faster); a single view is decoded once.
+        method, params = self.effective_method(), self.parameters()
+        if method == "amg" and len(views) > 1:
+            generator = AutomaticMaskGenerator(sam.model, **params)
+        else:
+            generator = EverythingSegmenter(sam.model, method, **params)
+        self.decoded = None
         session, shape = sam.session, spatial_shape(layer)
         ndim = len(shape)
         # The view on screen keeps its embedding whatever the cache's budget: use it too.
@@ -211,7 +316,7 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
 
         self.job = sam.start_job(
             work, "SAM: segment everything", len(views), yielded=write,
-            returned=lambda _: self._finish(result, generator),
+            returned=lambda _: self._finish(result, generator, views),
             errored=lambda e: self._fail(result, e),
             finished=finished,
         )  # fmt: skip
@@ -219,6 +324,7 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         sam.set_status("Segmenting everything...")
 
     def _new_result_layer(self, image_layer):
+        self.decoded = None
         from napari.layers import Labels
 
         shape = spatial_shape(image_layer)
@@ -233,14 +339,36 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self._discard(layer)
         self.sam.user_error(error)
 
-    def _finish(self, layer, generator) -> None:
+    def _finish(self, layer, generator, views) -> None:
+        from ..automatic import EverythingSegmenter, GridCandidates
+
         count = int(np.max(layer.data, initial=0))
         self.result_layer = layer
         # Clicks committed afterwards land in this layer, with ids above the automatic ones.
         self.sam.output_layer = layer
+        if isinstance(generator, EverythingSegmenter) and len(views) == 1:
+            view = views[0]
+            plane = _plane_index(view, layer.data.shape, layer.data.ndim)
+            self.decoded = (generator, plane, layer, layer.data[plane])
         if count == 0:  # which filter removed everything, with the scores seen (last slice)
-            why = generator.last_report.why_empty(generator.pred_iou_thresh,
-                                                  generator.stability_score_thresh)  # fmt: skip
+            if not isinstance(generator, EverythingSegmenter):
+                why = generator.last_report.why_empty(generator.pred_iou_thresh,
+                                                      generator.stability_score_thresh)
+            elif isinstance(generator.decoded, GridCandidates):
+                why = generator.decoded.why_empty(**{
+                    k: v for k, v in self.parameters().items() if k != "points_per_side"})
+            else:
+                why = ("The instance head found no foreground: lower 'foreground >' "
+                       "or 'min. size'.")
             notify(f"Segment everything found no objects. {why} (under 'advanced "
                    "settings')", "info")  # fmt: skip
         self.sam.set_status(f"Segment everything: {count} objects.")
+
+
+def _plane_index(view: ViewSpec, shape: tuple[int, ...], ndim: int) -> tuple:
+    """Fancy indices of a 2D view's pixels (row-major, in the view's (row, col) order)
+    in nD labels, for reading and writing that plane whatever the displayed axes."""
+    from ..view import mask_indices
+
+    plane = (shape[view.displayed[0]], shape[view.displayed[1]])
+    return mask_indices(np.ones(plane, bool), view.displayed, view.slice_index, ndim)
