@@ -275,3 +275,28 @@ def multiscale_source(rng: np.random.Generator) -> LabelledImage:
     as a 512 px image does once resized to the input."""
     height, width = (int(256 * np.exp(rng.uniform(0, np.log(2)))) for _ in range(2))
     return synthetic_source(rng, (height, width))
+
+
+EMPTY_SHARE = 0.05  # of blob images without any object
+
+
+def blob_source(rng: np.random.Generator, shape: tuple[int, int] | None = None) -> LabelledImage:
+    """An image in which every visible blob is one object, labelled at one level: for
+    instance segmentation, where "everything" must have one meaning. Half the time the
+    cells are drawn as solid blobs (crowded ones touch), else a nuclear stain shows the
+    nuclei alone; rendering styles as `generate`; an `EMPTY_SHARE` of the images show
+    no object (background and noise, or a blank image). Sides 256-512 px unless
+    `shape`."""
+    if shape is None:
+        shape = tuple(int(256 * np.exp(rng.uniform(0, np.log(2)))) for _ in range(2))
+    cells, nuclei, nucleoli, _ = _objects(rng, shape)
+    objects = cells if rng.random() < 0.5 else nuclei
+    if rng.random() < EMPTY_SHARE:  # background alone: "everything" is then nothing
+        objects, nucleoli = np.zeros_like(objects), np.zeros_like(nucleoli)
+        if rng.random() < 0.3:  # a blank (constant) image
+            return LabelledImage(np.full(shape, rng.integers(0, 256), np.uint8), [objects])
+    image = np.clip(_render(rng, objects, objects, nucleoli * (objects > 0)), 0, None)
+    photons = np.exp(rng.uniform(np.log(50), np.log(3000)))
+    image = rng.poisson(image * photons) / photons + rng.normal(0, rng.uniform(0, 0.05), shape)
+    image = np.clip(image / max(np.percentile(image, 99.9), 1e-6), 0, 1)
+    return LabelledImage((image * 255).astype(np.uint8), [objects])
