@@ -115,3 +115,12 @@ def twin_models(config: SamConfig, seed: int = 0, *, all_norms: bool = False):
     ours = build_sam(config).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     return ours, reference
+
+
+def meta_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """Meta's `segment_anything` Sam holding a copy of our `model`'s weights (e.g. the
+    bundled trained model, whose masks depend on the prompt, unlike random weights')."""
+    reference = build_reference(model.config)
+    sam_only = {k: v for k, v in model.state_dict().items() if not k.startswith("instance_")}
+    reference.load_state_dict(sam_only, strict=True)  # Meta's Sam has no instance head
+    return reference.to(model.device)

@@ -35,9 +35,10 @@ def test_every_snippet_parses():
         "masks_to_labels(records",
         "propagate(model, volume, 20",
         "segment_everything(load_model",
+        "EverythingSegmenter(load_model",
     ],
     ids=["widget script", "session", "quick start", "segment everything", "propagation",
-         "entry point"],
+         "entry point", "decode once"],
 )
 def test_offline_snippet_runs(tmp_path, marker):
     code = snippet(marker).replace("napari.run()", "viewer.close()")
