@@ -1,6 +1,7 @@
 """The "Segment everything" panel of the widget (disc decoder: known masks)."""
 
 import numpy as np
+import pytest
 
 from tests._qt.helpers import add_point, open_widget
 from tests.stand_ins import coins, disc_model
@@ -273,3 +274,18 @@ def test_every_slice_with_the_instance_head(make_napari_viewer):
     expected = segment_everything_slices(model, blobs_stack(3), method="ais")
     assert np.array_equal(layer.data, expected)
     assert all(expected[z].any() for z in range(3))
+
+
+def test_the_grid_form_takes_each_models_thresholds(make_napari_viewer):
+    from napari_sam import load_model
+    from napari_sam.automatic import MICROSCOPY_DEFAULTS
+
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="coins")
+    bundled = load_model("tiny_cells")
+    widget = open_widget(viewer, bundled)
+    form = widget.everything.settings
+    for name, value in bundled.grid_defaults.items():
+        assert getattr(form, name).value == pytest.approx(value)
+    widget.set_model(disc_model())
+    assert form.pred_iou_thresh.value == pytest.approx(MICROSCOPY_DEFAULTS["pred_iou_thresh"])

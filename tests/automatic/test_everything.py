@@ -31,23 +31,32 @@ def test_amg_is_the_grid_generator_with_microscopy_defaults():
 
 def test_an_empty_result_says_which_filter_and_what_to_lower(bundled):
     image = coins()
+    strict = {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.9}  # the microscopy ones
     with pytest.warns(NoObjectsWarning, match=r"predicted-IoU filter \(> 0.8\).*Lower "
                       r"pred_iou_thresh, e.g. to 0\.\d\d") as caught:  # fmt: skip
-        labels = segment_everything(bundled, image, points_per_side=8)
+        labels = segment_everything(bundled, image, "amg", points_per_side=8, **strict)
     assert not labels.any()
     # The threshold it suggests lets masks through.
     suggested = float(str(caught[0].message).split("e.g. to ")[1][:4])
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoObjectsWarning)
-        found = segment_everything(bundled, image, points_per_side=8,
+        found = segment_everything(bundled, image, "amg", points_per_side=8,
                                    pred_iou_thresh=suggested, stability_score_thresh=0.0)
     assert found.max() > 0
 
 
-def test_an_empty_image_gives_empty_labels(bundled):
-    with pytest.warns(NoObjectsWarning):
-        labels = segment_everything(bundled, np.zeros((64, 64), np.uint8), points_per_side=4)
-    assert labels.shape == (64, 64) and not labels.any()
+def test_a_model_carries_its_grid_thresholds(bundled):
+    from napari_sam.automatic import grid_defaults
+    from napari_sam.zoo import get_entry
+
+    carried = dict(get_entry("tiny_cells").grid_defaults)
+    assert bundled.grid_defaults == carried and carried["pred_iou_thresh"] < 0.8
+    assert grid_defaults(bundled) == {**MICROSCOPY_DEFAULTS, **carried}
+    image = coins()
+    labels = segment_everything(bundled, image, "amg", points_per_side=8)
+    explicit = segment_everything(bundled, image, "amg", points_per_side=8, **carried)
+    assert np.array_equal(labels, explicit) and labels.max() > 0
+    assert disc_model().grid_defaults == {}  # a model from elsewhere: the microscopy ones
 
 
 def test_bad_input(bundled):

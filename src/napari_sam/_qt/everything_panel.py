@@ -137,6 +137,18 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         for form in (self.settings, self.ais_settings):
             form.changed.connect(lambda _: self.relabel())
 
+    def use_model_defaults(self, model) -> None:
+        """A new model: its grid thresholds (`grid_defaults`) in the form, its method for
+        "auto"; the last decoded view belonged to the old model."""
+        from ..automatic import grid_defaults
+
+        self.decoded = None
+        values = grid_defaults(model)
+        for widget in self.settings:
+            if widget.name in values:
+                widget.value = values[widget.name]
+        self.show_forms()
+
     def effective_method(self) -> str:
         """"ais" or "amg": the choice, with "auto" resolved for the loaded model."""
         from ..automatic import has_instance_head

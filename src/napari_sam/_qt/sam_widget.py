@@ -147,6 +147,8 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self.encoder.cancel()
         self.session.set_model(model)
         self.model_name = name
+        if getattr(self, "everything", None) is not None:
+            self.everything.use_model_defaults(model)  # its grid thresholds, its method
         self._reset_prediction()
         self.set_status(f"Model {name} ready on {model.device}. Click on an object.")
         self.schedule_update()

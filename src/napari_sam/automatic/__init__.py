@@ -14,6 +14,7 @@ from .everything import (
     EverythingSegmenter,
     NoObjectsWarning,
     choose_method,
+    grid_defaults,
     segment_everything,
 )
 from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator, GenerationCancelled
@@ -46,6 +47,7 @@ __all__ = [
     "SliceLabels",
     "choose_method",
     "crop_boxes",
+    "grid_defaults",
     "has_instance_head",
     "masks_to_labels",
     "point_grid",

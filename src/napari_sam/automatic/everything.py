@@ -14,7 +14,7 @@ Methods:
   micro-sam's `*_lm` / `*_em_organelles` carry one.
 - "amg", SAM's automatic mask generation (Kirillov et al. 2023): a grid of point
   prompts, filtered by predicted IoU and stability, de-duplicated by NMS
-  (`AutomaticMaskGenerator`, with `MICROSCOPY_DEFAULTS` unless given). Any SAM model;
+  (`AutomaticMaskGenerator`, with `grid_defaults(model)` unless given). Any SAM model;
   finds objects of any kind, also inside others.
 `method=None` takes "ais" where the model has a head, else "amg".
 """
@@ -32,7 +32,7 @@ from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_in
 from .records import masks_to_labels
 
 __all__ = ["METHODS", "EverythingSegmenter", "NoObjectsWarning", "choose_method",
-           "segment_everything"]  # fmt: skip
+           "grid_defaults", "segment_everything"]  # fmt: skip
 
 METHODS = ("amg", "ais")
 
@@ -55,6 +55,12 @@ def choose_method(model, method: str | None) -> str:
             "method='amg' (the grid of point prompts)."
         )
     return method
+
+
+def grid_defaults(model) -> dict:
+    """The grid method's default parameters for `model`: `MICROSCOPY_DEFAULTS`, updated
+    by the thresholds its zoo entry carries (`model.grid_defaults`, e.g. tiny_cells')."""
+    return {**MICROSCOPY_DEFAULTS, **getattr(model, "grid_defaults", {})}
 
 
 def _check_image(image) -> np.ndarray:
@@ -84,7 +90,7 @@ def segment_everything(
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
     embedding: this model's `ImageEmbedding` of the image, to skip the encoder.
     params: the method's parameters: for "ais" those of `AIS_DEFAULTS` (see `AIS_HELP`),
-    for "amg" those of `AutomaticMaskGenerator` on top of `MICROSCOPY_DEFAULTS`.
+    for "amg" those of `AutomaticMaskGenerator` on top of `grid_defaults(model)`.
     progress/cancelled: as `AutomaticMaskGenerator.generate` ("amg" only).
     Warns `NoObjectsWarning` ("amg") with the scores seen when nothing passes the filters.
     Raises ValueError for an unknown method, "ais" on a model without a head, bad
@@ -95,7 +101,7 @@ def segment_everything(
     if method == "ais":
         maps = predict_instance_maps(model, image, embedding=embedding)
         return maps.labels(**params)
-    generator = AutomaticMaskGenerator(model, **{**MICROSCOPY_DEFAULTS, **params})
+    generator = AutomaticMaskGenerator(model, **{**grid_defaults(model), **params})
     records = generator.generate(image, embedding=embedding, progress=progress,
                                  cancelled=cancelled)  # fmt: skip
     if not records:
@@ -161,7 +167,8 @@ class EverythingSegmenter:
                 raise ValueError(f"method 'ais' has no decoding parameters; got {decode_params}.")
             self.decoded = predict_instance_maps(self.model, image, embedding=embedding)
         else:
-            params = {"points_per_side": MICROSCOPY_DEFAULTS["points_per_side"], **decode_params}
+            params = {"points_per_side": grid_defaults(self.model)["points_per_side"],
+                      **decode_params}  # fmt: skip
             self.decoded = GridCandidates.decode(self.model, image, embedding=embedding,
                                                  progress=progress, cancelled=cancelled,
                                                  **params)  # fmt: skip
@@ -169,7 +176,7 @@ class EverythingSegmenter:
 
     def labels(self, **params) -> np.ndarray:
         """(H, W) int32 labels of the decoded image with these parameters: "ais" those of
-        `AIS_DEFAULTS`, "amg" the grid's filters (defaults `MICROSCOPY_DEFAULTS`'). Warns
+        `AIS_DEFAULTS`, "amg" the grid's filters (defaults `grid_defaults(model)`'). Warns
         `NoObjectsWarning` as `segment_everything`. Raises RuntimeError before `decode`,
         ValueError for bad parameters."""
         if self.decoded is None:
@@ -177,7 +184,8 @@ class EverythingSegmenter:
         params = self._split({**self.params, **params})[1]
         if isinstance(self.decoded, InstanceMaps):
             return self.decoded.labels(**params)
-        filters = {k: v for k, v in MICROSCOPY_DEFAULTS.items() if k not in DECODE_PARAMS}
+        defaults = grid_defaults(self.model)
+        filters = {k: v for k, v in defaults.items() if k not in DECODE_PARAMS}
         filters.update(params)
         records = self.decoded.records(**filters)
         if not records:
@@ -189,7 +197,7 @@ class EverythingSegmenter:
         """The method's parameters and their defaults."""
         if self.method == "ais":
             return dict(AIS_DEFAULTS)
-        return dict(MICROSCOPY_DEFAULTS)
+        return grid_defaults(self.model)
 
     @property
     def nbytes(self) -> int:

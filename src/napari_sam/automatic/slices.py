@@ -23,8 +23,8 @@ import numpy as np
 
 from ..embeddings import fingerprint
 from ..view import ViewSpec, extract_view, mask_indices
-from .everything import EverythingSegmenter, NoObjectsWarning, choose_method
-from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator, GenerationCancelled
+from .everything import EverythingSegmenter, NoObjectsWarning, choose_method, grid_defaults
+from .generator import AutomaticMaskGenerator, GenerationCancelled
 from .records import masks_to_labels
 
 __all__ = ["SliceLabels", "segment_everything_slices", "segment_slices", "slice_views"]
@@ -174,7 +174,7 @@ def segment_everything_slices(
     method: "ais", "amg" or None, as `segment_everything` (None: "ais" where the model
         has an instance head).
     params: the method's parameters, as `segment_everything` ("amg": those of
-        `AutomaticMaskGenerator` on top of `MICROSCOPY_DEFAULTS`).
+        `AutomaticMaskGenerator` on top of `grid_defaults(model)`).
 
     Returns int32 labels of the data's spatial shape (the colour axis dropped), 0 for
     background, every object with its own id across all slices (ids may skip values);
@@ -193,7 +193,7 @@ def segment_everything_slices(
     if choose_method(model, method) == "ais":
         generator = EverythingSegmenter(model, "ais", **params)
     else:
-        generator = AutomaticMaskGenerator(model, **{**MICROSCOPY_DEFAULTS, **params})
+        generator = AutomaticMaskGenerator(model, **{**grid_defaults(model), **params})
     labels = np.zeros(shape, np.int32)
 
     def read(view: ViewSpec) -> tuple[np.ndarray, Hashable]:

@@ -44,6 +44,8 @@ class Sam(nn.Module):
         # Optional dense head for automatic instance segmentation (see
         # `attach_instance_decoder`); None keeps the state_dict exactly Meta's.
         self.instance_decoder: InstanceDecoder | None = None
+        # The grid method's thresholds for these weights, from their zoo entry.
+        self.grid_defaults: dict[str, float] = {}
 
     def attach_instance_decoder(self, decoder: InstanceDecoder | None) -> None:
         """Give the model an instance segmentation head (or remove it with None). It

@@ -121,6 +121,8 @@ def load_model(
         except CheckpointError as error:
             raise CheckpointError(f"{path}: {error}") from None
     model = build_model(config, state, str(path), decoder_state)
+    if isinstance(name_or_path, str) and name_or_path in entries:
+        model.grid_defaults = dict(entries[name_or_path].grid_defaults)
     model.float()
     model.image_encoder.to(dtype)
     return model.to(target).eval()
