@@ -59,6 +59,17 @@ def test_a_model_carries_its_grid_thresholds(bundled):
     assert disc_model().grid_defaults == {}  # a model from elsewhere: the microscopy ones
 
 
+@pytest.mark.parametrize("value", [0, 255])
+def test_an_empty_image_gives_empty_labels(bundled, value):
+    blank = np.full((64, 64), value, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoObjectsWarning)
+        for model, method in ((bundled, "amg"), (head_model(), "ais")):
+            labels = segment_everything(model, blank, method, points_per_side=4)[None] if (
+                method == "amg") else segment_everything(model, blank, method)[None]
+            assert labels.shape == (1, 64, 64) and not labels.any(), method
+
+
 def test_bad_input(bundled):
     with pytest.raises(ValueError, match="method must be"):
         segment_everything(bundled, coins(), method="watershed")

@@ -77,3 +77,70 @@ def test_post_processing_gives_micro_sams_labels(index):
     assert ours.max() == theirs.max() >= 5
     assert _matched(ours, theirs) == 1.0
     assert np.mean((ours > 0) == (theirs > 0)) > 0.999
+
+
+def touching_discs(rows: int = 4, cols: int = 5, radius: int = 14, seed: int = 0) -> np.ndarray:
+    """(H, W) int32 labels of discs packed so tightly that each touches its neighbours
+    along a straight seam (each pixel goes to the nearest centre)."""
+    rng = np.random.default_rng(seed)
+    step = 2 * radius - 4
+    shape = (rows * step + 2 * radius, cols * step + 2 * radius)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels, nearest = np.zeros(shape, np.int32), np.full(shape, np.inf)
+    for index, (i, j) in enumerate(np.ndindex(rows, cols), start=1):
+        centre = radius + np.array([i, j]) * step + rng.integers(-2, 3, 2)
+        distance = np.hypot(yy - centre[0], xx - centre[1])
+        take = (distance <= radius) & (distance < nearest)
+        labels[take], nearest[take] = index, distance[take]
+    return labels
+
+
+def test_maps_of_touching_objects_give_each_object_back():
+    from napari_sam.training.evaluate import instance_scores
+    from napari_sam.training.instance_head import instance_targets
+
+    truth = touching_discs()
+    seams = (truth[:, 1:] != truth[:, :-1]) & (truth[:, 1:] > 0) & (truth[:, :-1] > 0)
+    assert seams.sum() > 100  # they do touch
+    # The maps a head is trained to predict, slightly noisy: the watershed separates them.
+    rng = np.random.default_rng(1)
+    maps = instance_targets(truth) + rng.normal(0, 0.05, (3, *truth.shape)).astype(np.float32)
+    labels = InstanceMaps(*np.clip(maps, 0, 1)).labels()
+    assert labels.max() == truth.max() == 20
+    assert instance_scores(labels, truth)["f1"] == 1.0
+    assert instance_scores(labels, truth)["msa"] > 0.8
+    # Foreground alone would merge them: one connected component.
+    from skimage.measure import label
+
+    assert label(truth > 0).max() == 1
+
+
+def test_empty_maps_give_empty_labels():
+    shape = (64, 80)
+    background = InstanceMaps(np.zeros(shape, np.float32), np.ones(shape, np.float32),
+                              np.ones(shape, np.float32))  # fmt: skip
+    labels = background.labels()
+    assert labels.shape == shape and labels.dtype == np.int32 and not labels.any()
+
+
+def test_small_objects_go_and_ids_stay_consecutive():
+    from napari_sam.training.instance_head import instance_targets
+
+    truth = touching_discs(2, 2, radius=10)
+    truth[truth == 2] = 0
+    truth[4:12, 20:28] = 9  # a 64-pixel square where disc 2 was
+    maps = InstanceMaps(*instance_targets(truth))
+    assert maps.labels(min_size=0).max() == 4
+    kept = maps.labels(min_size=100)
+    assert sorted(np.unique(kept)) == [0, 1, 2, 3]  # the square gone, ids 1..3
+
+
+def test_objects_smaller_than_the_smoothing_need_less_of_it():
+    from napari_sam.training.instance_head import instance_targets
+
+    truth = touching_discs(2, 2, radius=10)
+    truth[truth == 2] = 0
+    truth[6:11, 22:27] = 9  # 5 x 5 pixels: at sigma 1.6 its distances blur into the rim
+    maps = InstanceMaps(*instance_targets(truth))
+    assert maps.labels(min_size=0).max() == 3
+    assert maps.labels(min_size=0, distance_smoothing=0.8).max() == 4

@@ -30,9 +30,10 @@ from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator
 from .grid_pool import DECODE_PARAMS, FILTER_PARAMS, GridCandidates
 from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_instance_maps
 from .records import masks_to_labels
+from .report import ScoreReport
 
 __all__ = ["METHODS", "EverythingSegmenter", "NoObjectsWarning", "choose_method",
-           "grid_defaults", "segment_everything"]  # fmt: skip
+           "grid_defaults", "is_blank", "segment_everything"]  # fmt: skip
 
 METHODS = ("amg", "ais")
 
@@ -73,6 +74,14 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
+def is_blank(image: np.ndarray) -> bool:
+    """One value everywhere (NaN ignored): no object can be told from anything. SAM
+    still answers prompts on such an image (a weak model with lowered thresholds even
+    keeps its guesses), so both methods return no objects for it without decoding."""
+    finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
+    return finite.size == 0 or bool(np.all(finite == finite.flat[0]))
+
+
 def segment_everything(
     model,
     image: np.ndarray,
@@ -98,6 +107,10 @@ def segment_everything(
     """
     method = choose_method(model, method)
     image = _check_image(image)
+    if is_blank(image):
+        warnings.warn(NoObjectsWarning("The image is blank (one value everywhere)."),
+                      stacklevel=2)  # fmt: skip
+        return np.zeros(image.shape[:2], np.int32)
     if method == "ais":
         maps = predict_instance_maps(model, image, embedding=embedding)
         return maps.labels(**params)
@@ -165,7 +178,13 @@ class EverythingSegmenter:
         if self.method == "ais":
             if decode_params:
                 raise ValueError(f"method 'ais' has no decoding parameters; got {decode_params}.")
-            self.decoded = predict_instance_maps(self.model, image, embedding=embedding)
+            if is_blank(image):  # nothing to find: maps of pure background
+                zero = np.zeros(image.shape[:2], np.float32)
+                self.decoded = InstanceMaps(zero, zero + 1, zero + 1)
+            else:
+                self.decoded = predict_instance_maps(self.model, image, embedding=embedding)
+        elif is_blank(image):  # no candidates, and the report says so
+            self.decoded = GridCandidates(self.model, [], ScoreReport(), decode_params)
         else:
             params = {"points_per_side": grid_defaults(self.model)["points_per_side"],
                       **decode_params}  # fmt: skip

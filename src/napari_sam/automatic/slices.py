@@ -23,7 +23,13 @@ import numpy as np
 
 from ..embeddings import fingerprint
 from ..view import ViewSpec, extract_view, mask_indices
-from .everything import EverythingSegmenter, NoObjectsWarning, choose_method, grid_defaults
+from .everything import (
+    EverythingSegmenter,
+    NoObjectsWarning,
+    choose_method,
+    grid_defaults,
+    is_blank,
+)
 from .generator import AutomaticMaskGenerator, GenerationCancelled
 from .records import masks_to_labels
 
@@ -99,6 +105,9 @@ def _slices(generator, read_view, views, cache, model_id, cancelled, last_id):
         if cancelled is not None and cancelled():
             raise GenerationCancelled("Segment everything was cancelled.")
         pixels, where = read_view(view)
+        if is_blank(np.asarray(pixels)):  # nothing to find (see `is_blank`): no decoding
+            yield SliceLabels(index, view, np.zeros(pixels.shape[:2], np.int32), last_id)
+            continue
         key = None if cache is None else (fingerprint(pixels), where, model_id)
         embedding = None if key is None else cache.get(key)
         if embedding is None:

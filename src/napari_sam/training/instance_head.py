@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--features", type=int, default=16, help="initial features")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all)")
+    parser.add_argument("--crop", type=int, default=16, help="embedding tokens per side "
+                        "of each training window (the whole grid: as inference sees it)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--init", help="head file (decoder_state) to continue from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="where to write {'decoder_state': ...}")
@@ -214,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     def report(step: int, spent: float, loss: float) -> None:
         print(f"step {step}  {spent / 60:.1f} min  loss {loss:.4f}", flush=True)
 
-    train_head(model, head, args.minutes * 60, seed=args.seed, report=report)
+    train_head(model, head, args.minutes * 60, seed=args.seed, report=report, crop=args.crop,
+               batch_size=args.batch_size, lr=args.lr)  # fmt: skip
     out = Path(args.out)
     state = {key: value.detach().cpu() for key, value in head.state_dict().items()}
     torch.save({"decoder_state": state}, out.with_name(out.name + ".partial"))
