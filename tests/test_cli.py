@@ -157,3 +157,38 @@ def test_segment_two_files_a_16_bit_tiff_and_an_rgb_png(main, tmp_path, capsys):
     assert main(["segment", *user_files, "--out", str(tmp_path), "--overwrite"]) == 2
     assert (tmp_path / "coins_labels.tif").read_bytes() == mine
     assert main(["segment", inputs[0], "--out", str(tmp_path / "o2"), "--method", "ais"]) == 2
+
+
+def test_segment_with_an_instance_head_two_files(main, tmp_path):
+    import numpy as np
+    import tifffile
+    from PIL import Image
+    from skimage import data
+
+    from napari_sam import load_model, segment_everything
+    from napari_sam.training.finetuning import save_finetuned
+    from tests.stand_ins import head_model
+
+    checkpoint = save_finetuned(head_model(), tmp_path / "with_head.pt")
+    gray = (data.coins()[:128, :160].astype(np.uint16) * 257)  # 16 bit
+    rgb = data.astronaut()[::4, ::4]  # (128, 128, 3) uint8
+    tifffile.imwrite(tmp_path / "coins.tif", gray)
+    Image.fromarray(rgb).save(tmp_path / "astronaut.png")
+    inputs = [str(tmp_path / "coins.tif"), str(tmp_path / "astronaut.png")]
+    out = tmp_path / "out"
+    # No --method: the model has a head, so AIS; an AIS parameter passes through.
+    args = ["segment", *inputs, "--out", str(out), "--model", str(checkpoint),
+            "--foreground-threshold", "0.6"]  # fmt: skip
+    assert main(args) == 0
+    model = load_model(checkpoint)
+    found = 0
+    for name, image in (("coins", gray), ("astronaut", rgb)):
+        written = tifffile.imread(out / f"{name}_labels.tif")
+        expected = segment_everything(model, image, "ais", foreground_threshold=0.6)
+        assert written.dtype == np.int32 and np.array_equal(written, expected)
+        found += int(written.max())
+    assert found > 0
+    # A grid parameter with AIS is an error that names the method's parameters.
+    bad = ["segment", inputs[0], "--out", str(tmp_path / "o2"), "--model", str(checkpoint),
+           "--pred-iou-thresh", "0.5"]  # fmt: skip
+    assert main(bad) == 2
