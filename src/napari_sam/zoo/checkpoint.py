@@ -36,6 +36,7 @@ from .state_dict import (
 __all__ = [
     "SAM_PREFIXES",
     "CheckpointError",
+    "HeadNotLoadedWarning",
     "RefusedGlobal",
     "build_model",
     "extract_state_dict",
@@ -379,7 +380,8 @@ def build_model(
     decoder_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Sam:
     """A `Sam` of `config` holding the weights `state` (checked strictly), on the CPU,
-    with an instance segmentation head built from `decoder_state` when given."""
+    with an instance segmentation head built from `decoder_state` when given (one that
+    is not micro-sam's decoder for this model: `HeadNotLoadedWarning`, no head)."""
     model = _build_sam_only(config, state, source)
     if decoder_state is not None:
         try:
@@ -387,8 +389,15 @@ def build_model(
                 instance_decoder_from_state(decoder_state, f"{source} (decoder_state)")
             )
         except ValueError as error:
-            raise CheckpointError(str(error)) from None
+            # The SAM weights are good on their own: load them, and say why the head is not.
+            warnings.warn(HeadNotLoadedWarning(
+                f"{error} The model is loaded without an instance segmentation head "
+                "(segment everything uses the grid of point prompts)."), stacklevel=3)
     return model
+
+
+class HeadNotLoadedWarning(UserWarning):
+    """A checkpoint's instance segmentation decoder did not fit; its SAM weights loaded."""
 
 
 def _build_sam_only(config: SamConfig, state: Mapping[str, torch.Tensor], source: str) -> Sam:
