@@ -145,3 +145,39 @@ def test_ais_is_the_heads_maps_through_the_watershed_and_the_default_with_a_head
         segment_everything(model, image, "ais", pred_iou_thresh=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         segment_everything(model, image, "ais", foreground_threshold=1.5)
+
+
+def test_break_test_findings(bundled):
+    """From a new user's break test: wrong parameters are errors that say what to do, and
+    a decoded grid explains an empty result as a direct run does."""
+    from napari_sam.automatic import EverythingSegmenter, segment_everything_slices
+
+    image = coins()[:96, :128]
+    segmenter = EverythingSegmenter(bundled, "amg")
+    segmenter.decode(image, points_per_side=8)
+    with pytest.raises(ValueError, match="pass them to decode"):
+        segmenter.labels(points_per_side=16)
+    filters = {"pred_iou_thresh": 0.3, "stability_score_thresh": 0.99}
+    with pytest.warns(NoObjectsWarning) as pooled:
+        assert not segmenter.labels(**filters).any()
+    with pytest.warns(NoObjectsWarning) as direct:
+        assert not segment_everything(bundled, image, "amg", points_per_side=8, **filters).any()
+    assert str(pooled[0].message) == str(direct[0].message)
+    assert "stability filter" in str(direct[0].message)
+    for call in (lambda: segment_everything(bundled, image, "amg", min_size=5),
+                 lambda: segment_everything_slices(bundled, np.stack([image] * 2), min_size=5)):
+        with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['min_size'\]"):
+            call()
+    with pytest.raises(ValueError, match="no instance segmentation head") as error:
+        segment_everything(bundled, image, "ais")
+    assert "tiny_cells" not in str(error.value)  # it has none to offer
+
+
+def test_an_rgb_stack_is_segmented_plane_by_plane():
+    from napari_sam.automatic import segment_everything_slices
+
+    model, plane = head_model(), coins()[:96, :96]
+    stack = np.stack([np.stack([plane] * 3, -1)] * 2)  # (Z, Y, X, 3)
+    labels = segment_everything_slices(model, stack)
+    assert labels.shape == (2, 96, 96)
+    assert np.array_equal(labels[0], segment_everything(model, np.stack([plane] * 3, -1)))

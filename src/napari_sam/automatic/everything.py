@@ -32,8 +32,16 @@ from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_in
 from .records import masks_to_labels
 from .report import ScoreReport
 
-__all__ = ["METHODS", "EverythingSegmenter", "NoObjectsWarning", "choose_method",
-           "grid_defaults", "is_blank", "segment_everything"]  # fmt: skip
+__all__ = [
+    "METHODS",
+    "EverythingSegmenter",
+    "NoObjectsWarning",
+    "check_params",
+    "choose_method",
+    "grid_defaults",
+    "is_blank",
+    "segment_everything",
+]  # fmt: skip
 
 METHODS = ("amg", "ais")
 
@@ -52,7 +60,7 @@ def choose_method(model, method: str | None) -> str:
     if method == "ais" and not has_instance_head(model):
         raise ValueError(
             "This model has no instance segmentation head, which method='ais' needs: load "
-            "one that carries it (tiny_cells, vit_b_lm, vit_l_lm, *_em_organelles) or use "
+            "one that carries it (vit_b_lm, vit_l_lm, *_em_organelles) or use "
             "method='amg' (the grid of point prompts)."
         )
     return method
@@ -74,12 +82,32 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
+def check_params(method: str, params: dict) -> None:
+    """Raise ValueError naming the parameters `method` does not take, and those it does."""
+    if method == "ais":
+        allowed = set(AIS_DEFAULTS)
+    else:
+        allowed = set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS) | {
+            "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+            "crop_n_points_downscale_factor"}  # fmt: skip
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"Unknown parameter(s) {unknown} for method {method!r}; it takes "
+                         f"{sorted(allowed)}.")  # fmt: skip
+
+
 def is_blank(image: np.ndarray) -> bool:
     """One value everywhere (NaN ignored): no object can be told from anything. SAM
     still answers prompts on such an image (a weak model with lowered thresholds even
     keeps its guesses), so both methods return no objects for it without decoding."""
     finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
     return finite.size == 0 or bool(np.all(finite == finite.flat[0]))
+
+
+def _blank_reason(image: np.ndarray) -> str:
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        return "The image holds no finite value (all NaN or infinite)."
+    return "The image is blank (one value everywhere)."
 
 
 def segment_everything(
@@ -93,7 +121,8 @@ def segment_everything(
     **params,
 ) -> np.ndarray:
     """Every object of a 2D image as an (H, W) int32 label image (0: background; ids
-    1..N; for "amg", smaller objects drawn over larger ones that contain them).
+    1..N for "ais"; for "amg", smaller objects drawn over larger ones that contain them,
+    and an id may go unused where smaller masks cover a mask wholly).
 
     model: a `Sam`. image: (H, W) gray or (H, W, 3|4) RGB(A), any dtype (for stacks,
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
@@ -108,9 +137,9 @@ def segment_everything(
     method = choose_method(model, method)
     image = _check_image(image)
     if is_blank(image):
-        warnings.warn(NoObjectsWarning("The image is blank (one value everywhere)."),
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(NoObjectsWarning(_blank_reason(image)), stacklevel=2)
         return np.zeros(image.shape[:2], np.int32)
+    check_params(method, params)
     if method == "ais":
         maps = predict_instance_maps(model, image, embedding=embedding)
         return maps.labels(**params)
@@ -148,16 +177,13 @@ class EverythingSegmenter:
     def _split(self, params: dict) -> tuple[dict, dict]:
         """(decoding, labelling) parameters of this method."""
         if self.method == "ais":
-            unknown = sorted(set(params) - set(AIS_DEFAULTS))
-            allowed = sorted(AIS_DEFAULTS)
-        else:
-            allowed = sorted(set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS))
-            unknown = sorted(set(params) - set(allowed))
+            check_params("ais", params)
+            return {}, dict(params)
+        allowed = set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS)
+        unknown = sorted(set(params) - allowed)
         if unknown:
             raise ValueError(f"Unknown parameter(s) {unknown} for method {self.method!r}; "
-                             f"it takes {allowed}.")  # fmt: skip
-        if self.method == "ais":
-            return {}, dict(params)
+                             f"it takes {sorted(allowed)}.")  # fmt: skip
         decode = {k: v for k, v in params.items() if k in DECODE_PARAMS}
         return decode, {k: v for k, v in params.items() if k not in DECODE_PARAMS}
 
@@ -200,6 +226,10 @@ class EverythingSegmenter:
         ValueError for bad parameters."""
         if self.decoded is None:
             raise RuntimeError("Call decode(image) first.")
+        decoding = sorted(set(params) & set(DECODE_PARAMS))
+        if decoding:
+            raise ValueError(f"{decoding} change the decoding: pass them to decode(), not "
+                             "to labels().")  # fmt: skip
         params = self._split({**self.params, **params})[1]
         if isinstance(self.decoded, InstanceMaps):
             return self.decoded.labels(**params)

@@ -70,7 +70,7 @@ class GridCandidates:
         if unknown:
             raise ValueError(
                 f"{unknown} are not decoding parameters of the grid ({list(DECODE_PARAMS)}); "
-                f"filters ({list(FILTER_PARAMS)}) are given to records()."
+                f"its filters ({list(FILTER_PARAMS)}) are given to labels() / records()."
             )
         generator = AutomaticMaskGenerator(model, **decode_params, **_ALL_PASS)
         records = generator.generate(
@@ -106,7 +106,15 @@ class GridCandidates:
     def why_empty(self, **filters) -> str:
         """Why `records(**filters)` is empty, with the scores seen (`ScoreReport`)."""
         generator = AutomaticMaskGenerator(self.model, **self.decode_params, **filters)
-        return self.report.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh)
+        threshold = generator.pred_iou_thresh
+        # Decoded with the filters off, the report has every candidate's stability; a
+        # direct run sees only those past the IoU filter: the same diagnosis from both.
+        ious = np.concatenate(self.report.predicted_iou) if self.report.predicted_iou else []
+        stability = np.concatenate(self.report.stability) if self.report.stability else []
+        seen = ScoreReport()
+        if len(ious):
+            seen.add(ious, stability[ious > threshold] if threshold > 0 else stability)
+        return seen.why_empty(threshold, generator.stability_score_thresh)
 
     @property
     def nbytes(self) -> int:

@@ -26,6 +26,7 @@ from ..view import ViewSpec, extract_view, mask_indices
 from .everything import (
     EverythingSegmenter,
     NoObjectsWarning,
+    check_params,
     choose_method,
     grid_defaults,
     is_blank,
@@ -172,7 +173,9 @@ def segment_everything_slices(
     data: an array (numpy, dask, zarr: read one slice at a time) of shape (..., H, W),
         gray, or (..., H, W, 3|4) with `rgb`; a 2D image is one slice.
     displayed: the (row, col) axes of each slice (default the last two spatial axes).
-    rgb: the last axis holds colour; None guesses it for 3D data whose last axis is 3 or 4.
+    rgb: the last axis holds colour; None guesses it for data of 3 or more axes whose last
+        axis is 3 or 4 ((Y, X, 3) or (Z, Y, X, 3); pass rgb=False for a gray stack of 3
+        or 4 columns).
     cancelled: as in `segment_slices` (raises `GenerationCancelled`).
     link_axis: a spatial axis that is not displayed (e.g. 0, z, of (Z, Y, X) data):
         the objects of consecutive slices along it that overlap with IoU >= min_link_iou
@@ -193,13 +196,15 @@ def segment_everything_slices(
     if not hasattr(data, "shape") or not hasattr(data, "ndim"):
         data = np.asarray(data)
     if rgb is None:
-        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
     shape = tuple(data.shape[:-1] if rgb else data.shape)
     views = slice_views(shape, displayed)
     link = None
     if link_axis is not None:
         link = _link_axes(len(shape), views[0].displayed, link_axis, min_link_iou)
-    if choose_method(model, method) == "ais":
+    method = choose_method(model, method)
+    check_params(method, params)  # before any slice is read
+    if method == "ais":
         generator = EverythingSegmenter(model, "ais", **params)
     else:
         generator = AutomaticMaskGenerator(model, **{**grid_defaults(model), **params})
