@@ -192,3 +192,22 @@ def test_segment_with_an_instance_head_two_files(main, tmp_path):
     bad = ["segment", inputs[0], "--out", str(tmp_path / "o2"), "--model", str(checkpoint),
            "--pred-iou-thresh", "0.5"]  # fmt: skip
     assert main(bad) == 2
+
+
+def test_segment_says_what_is_wrong_before_writing_anything(main, tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    (tmp_path / "other").mkdir()
+    tifffile.imwrite(tmp_path / "other" / "a.tif", np.zeros((8, 8), np.uint8))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "missing.tif"), "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err and not out.exists()
+    twins = [str(tmp_path / "a.tif"), str(tmp_path / "other" / "a.tif")]
+    assert main(["segment", *twins, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "share one label file" in err and "other" in err and not out.exists()
+    # An AIS option with the grid (tiny_cells has no head): refused, no folder made.
+    assert main(["segment", twins[0], "--out", str(out), "--min-size", "20"]) == 2
+    assert "min_size" in capsys.readouterr().err and not out.exists()

@@ -234,17 +234,34 @@ def _segment(args: argparse.Namespace) -> int:
     import numpy as np
     import tifffile
 
-    from .automatic import NoObjectsWarning, segment_everything, segment_everything_slices
+    from .automatic import (
+        NoObjectsWarning,
+        check_params,
+        choose_method,
+        segment_everything,
+        segment_everything_slices,
+    )
     from .zoo import load_model
 
     out = Path(args.out)
     inputs = [Path(p).resolve() for p in args.images]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:
+        print(f"napari-sam: no such file: {', '.join(missing)}; nothing written.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     targets = [out.resolve() / f"{p.stem}_labels.tif" for p in inputs]
+    shared = [str(p) for p, t in zip(inputs, targets, strict=True) if targets.count(t) > 1]
+    if shared:
+        print(f"napari-sam: these inputs would share one label file: {', '.join(shared)}; "
+              "nothing written. Segment them in separate runs with different --out "
+              "folders (or give each a distinct name).", file=sys.stderr)  # fmt: skip
+        return 2
     clashes = [str(t) for t in targets if t in inputs or (t.exists() and not args.overwrite)]
-    if len(set(targets)) != len(targets) or clashes:
-        what = "two inputs share a name" if not clashes else f"{clashes[0]} exists"
-        print(f"napari-sam: {what}; nothing written. Choose another --out (inputs are never "
-              "overwritten; --overwrite replaces earlier results).", file=sys.stderr)
+    if clashes:
+        print(f"napari-sam: {clashes[0]} exists; nothing written. Choose another --out "
+              "(inputs are never overwritten; --overwrite replaces earlier results).",
+              file=sys.stderr)  # fmt: skip
         return 2
     given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
              "stability_score_thresh": args.stability_score_thresh,
@@ -254,6 +271,11 @@ def _segment(args: argparse.Namespace) -> int:
              "min_size": args.min_size}  # fmt: skip
     params = {name: value for name, value in given.items() if value is not None}
     model = load_model(args.model, device=args.device)
+    try:  # bad parameters fail before anything is written, --out included
+        check_params(choose_method(model, args.method), params)
+    except ValueError as error:
+        print(f"napari-sam: {error}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     for source, target in zip(inputs, targets, strict=True):
         image = np.asarray(_read_array(str(source)))
