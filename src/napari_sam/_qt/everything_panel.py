@@ -220,10 +220,10 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             self.decoded = None
             return False
         params = self.parameters()
-        if segmenter.method != self.effective_method() or any(
-            params.get(k) != segmenter.params.get(k) for k in ("points_per_side",)
+        if segmenter.method != self.effective_method() or (
+            params.get("points_per_side") != segmenter.params.get("points_per_side")
         ):
-            return False
+            return False  # another method or grid: that needs a run
         if not np.array_equal(layer.data[plane_index], written.ravel()):
             self.sam.set_status("The result layer was edited: it is kept as it is. Press "
                                 "Segment everything for a new one.")  # fmt: skip

@@ -82,14 +82,16 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
-def check_params(method: str, params: dict) -> None:
-    """Raise ValueError naming the parameters `method` does not take, and those it does."""
+def check_params(method: str, params: dict, *, crops: bool = True) -> None:
+    """Raise ValueError naming the parameters `method` does not take, and those it does
+    (`crops`: whether the grid's crop parameters count; a decoded grid has one layer)."""
     if method == "ais":
         allowed = set(AIS_DEFAULTS)
     else:
-        allowed = set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS) | {
-            "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-            "crop_n_points_downscale_factor"}  # fmt: skip
+        allowed = set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS)
+        if crops:
+            allowed |= {"crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+                        "crop_n_points_downscale_factor"}  # fmt: skip
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"Unknown parameter(s) {unknown} for method {method!r}; it takes "
@@ -176,14 +178,7 @@ class EverythingSegmenter:
 
     def _split(self, params: dict) -> tuple[dict, dict]:
         """(decoding, labelling) parameters of this method."""
-        if self.method == "ais":
-            check_params("ais", params)
-            return {}, dict(params)
-        allowed = set(MICROSCOPY_DEFAULTS) | set(DECODE_PARAMS) | set(FILTER_PARAMS)
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ValueError(f"Unknown parameter(s) {unknown} for method {self.method!r}; "
-                             f"it takes {sorted(allowed)}.")  # fmt: skip
+        check_params(self.method, params, crops=False)
         decode = {k: v for k, v in params.items() if k in DECODE_PARAMS}
         return decode, {k: v for k, v in params.items() if k not in DECODE_PARAMS}
 
