@@ -15,14 +15,15 @@ from skimage.measure import label
 
 from napari_sam import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from napari_sam.automatic import GenerationCancelled, crop_boxes
-from napari_sam.automatic.mask_ops import (
+from napari_sam.automatic import generator as generator_module
+from napari_sam.automatic.mask_ops import mask_bbox, nms, remove_small_regions
+from napari_sam.automatic.resampling import (
     Resampling,
+    candidate_windows,
     logit_statistics,
-    mask_bbox,
     masks_to_boxes,
-    nms,
-    remove_small_regions,
     upscaled_statistics,
+    windowed_statistics,
 )
 from napari_sam.image import to_uint8_rgb
 from tests.reference import meta_twin
@@ -131,10 +132,17 @@ def test_same_masks_as_meta(cells_model, meta_cells_model, nuclei):
     assert_same_records(ours, theirs, least=300)
 
 
-def test_same_masks_as_meta_after_nms(cells_model, meta_cells_model, nuclei):
+@pytest.mark.parametrize("window_share", [None, 0.0, 1.0], ids=["mixed", "blocks", "windows"])
+def test_same_masks_as_meta_after_nms(
+    cells_model, meta_cells_model, nuclei, window_share, monkeypatch
+):
     """Filters off, box NMS at its default: measured 644 records each of 768 candidates.
     With no stability filter the masks of points where every logit is under the
-    threshold come through: measured 7 such empty masks on each side."""
+    threshold come through: measured 7 such empty masks on each side. The statistics
+    take either path (windows around small objects, block bounds for large ones) or
+    each path for every candidate."""
+    if window_share is not None:
+        monkeypatch.setattr(generator_module, "_WINDOW_SHARE", window_share)
     params = dict(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ours, theirs = generate_both(cells_model, meta_cells_model, nuclei, **params)
     assert_same_records(ours, theirs, least=600, most_empty=10)
@@ -184,15 +192,22 @@ def postprocess(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
     return full[:, 0]
 
 
+def windowed(low, resampling, thresholds, box_threshold):
+    """windowed_statistics over the windows of the lowest threshold."""
+    windows = candidate_windows(low, resampling, min(thresholds) - 1e-3)
+    return windowed_statistics(low, resampling, thresholds, box_threshold, windows)
+
+
 @pytest.mark.parametrize(
     "statistics",
     [
+        windowed,
         logit_statistics,
         upscaled_statistics,
         partial(upscaled_statistics, max_pixels=5000),  # one candidate, stripes of rows
         partial(upscaled_statistics, max_pixels=400_000),  # several candidates at a time
     ],
-    ids=["block-bounds", "upscaled", "upscaled-in-stripes", "upscaled-in-groups"],
+    ids=["windowed", "block-bounds", "upscaled", "upscaled-in-stripes", "upscaled-in-groups"],
 )
 @pytest.mark.parametrize(("input_size", "original_size"), SIZES)
 def test_statistics_are_those_of_the_upscaled_logits(statistics, input_size, original_size):
@@ -207,6 +222,28 @@ def test_statistics_are_those_of_the_upscaled_logits(statistics, input_size, ori
     assert (counts - expected).abs().max() <= 2
     assert torch.equal(boxes, masks_to_boxes(full > 0))
     assert boxes[0].tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(("input_size", "original_size"), SIZES)
+def test_no_pixel_outside_a_candidate_window_exceeds_the_floor(input_size, original_size):
+    """The window holds every upscaled pixel above the floor, and is tight: its edge
+    rows and columns read a low-res logit above the floor."""
+    low = smooth_logits(24, seed=2)
+    low[0] = -5.0  # nothing above: an empty window
+    low[1] = -5.0
+    low[1, 30, 40] = 3.0  # one low-res logit: a window of a few pixels
+    resampling = Resampling.for_model((64, 64), 256, input_size, original_size)
+    windows = candidate_windows(low, resampling, -1.0)
+    full = postprocess(low, input_size, original_size)
+    assert windows[0].tolist() == [0, 0, 0, 0]
+    r0, c0, r1, c1 = windows[1].tolist()
+    assert 0 < r1 - r0 <= 3 * original_size[0] / 64 + 2
+    for logits, (r0, c0, r1, c1) in zip(full, windows.tolist(), strict=True):
+        outside = torch.ones_like(logits, dtype=torch.bool)
+        outside[r0:r1, c0:c1] = False
+        assert not (logits[outside] > -1.0 + 1e-4).any()
+    with_pixels = (full > -1.0).flatten(1).any(1)
+    assert torch.equal(with_pixels, windows[:, 2] > windows[:, 0])
 
 
 @pytest.mark.parametrize(("input_size", "original_size"), SIZES)

@@ -8,9 +8,9 @@ removed. The results are the masks of Meta's `SamAutomaticMaskGenerator` for the
 weights and parameters, computed with less work:
 
 - the predicted-IoU filter runs before anything is upscaled;
-- areas, stability scores and boxes at the image's resolution are computed exactly from
-  the 256 x 256 decoder logits (`napari_sam.automatic.mask_ops.logit_statistics`), upscaling only
-  the candidates whose logits are too irregular for that to pay off;
+- areas, stability scores and boxes at the image's resolution are computed from the
+  low-res decoder logits (`napari_sam.automatic.resampling`), upscaling a small object
+  only inside a window around it, and a large one only at its boundary;
 - only the masks that survive every filter are upscaled, once, and only inside their
   boxes: a record keeps its mask inside its box (`MaskRecord.bbox_mask`), so memory
   grows with the objects' boxes, never with objects x image pixels; the full-size
@@ -35,21 +35,26 @@ from ..image import to_uint8_rgb
 from ..model import Sam
 from ..predictor import ImageEmbedding, SamPredictor
 from .grid import crop_boxes, near_crop_edge, point_grid
-from .mask_ops import (
-    Resampling,
-    crop_to_box,
-    logit_statistics,
-    nms,
-    remove_small_regions,
-    upscaled_statistics,
-)
+from .mask_ops import crop_to_box, nms, remove_small_regions
 from .records import MaskRecord, inclusive_box
 from .report import ScoreReport
+from .resampling import (
+    Resampling,
+    candidate_windows,
+    logit_statistics,
+    upscaled_statistics,
+    windowed_statistics,
+)
 
 # A candidate whose logits straddle a threshold in more than this fraction of the
 # blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
 _SPARSE_LIMIT = 0.1
 _CHUNK = 16  # candidates whose low-res logits are examined at a time
+# A candidate whose window (the pixels that can pass a threshold) is at most this share
+# of the image is upscaled inside it; a larger one is evaluated at its boundary only.
+_WINDOW_SHARE = 0.25
+# Float rounding of a convex combination: a margin below the lowest threshold.
+_FLOOR_MARGIN = 1e-3
 
 
 # The widget's defaults, for microscopy: Meta's thresholds (0.88 / 0.95, the class's
@@ -353,19 +358,29 @@ class AutomaticMaskGenerator:
         offset: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel counts above (threshold - offset, threshold, threshold + offset) and
-        boxes of the masks, at the crop's resolution: exact, via block bounds where the
-        logits are regular, via upscaling in pieces bounded by pixels where they are not."""
+        boxes of the masks, at the crop's resolution: small objects upscaled inside
+        their windows; large ones exactly via block bounds where the logits are regular,
+        via upscaling in pieces bounded by pixels where they are not."""
         levels = (threshold - offset, threshold, threshold + offset)
         counts = torch.zeros(len(low), 3, dtype=torch.int64, device=low.device)
         boxes = torch.zeros(len(low), 4, dtype=torch.int64, device=low.device)
-        for start in range(0, len(low), _CHUNK):
-            part = low[start : start + _CHUNK]
+        windows = candidate_windows(low, resampling, min(levels) - _FLOOR_MARGIN)
+        pixels = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
+        small = pixels <= _WINDOW_SHARE * resampling.shape[0] * resampling.shape[1]
+        index = torch.nonzero(small & (pixels > 0))[:, 0]
+        counts[index], boxes[index] = windowed_statistics(
+            low[index], resampling, levels, threshold, windows[index]
+        )
+        large = torch.nonzero(~small)[:, 0]
+        for start in range(0, len(large), _CHUNK):
+            chunk = large[start : start + _CHUNK]
+            part = low[chunk]
             regular = self._regular(part, resampling, levels)
             for method, chosen in ((logit_statistics, regular), (upscaled_statistics, ~regular)):
                 if chosen.any():
-                    index = torch.nonzero(chosen)[:, 0] + start
-                    counts[index], boxes[index] = method(part[chosen], resampling, levels,
-                                                         threshold)  # fmt: skip
+                    counts[chunk[chosen]], boxes[chunk[chosen]] = method(
+                        part[chosen], resampling, levels, threshold
+                    )
         return counts, boxes
 
     @staticmethod
