@@ -354,9 +354,11 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--points-per-side", type=int, default=None,
                          help="grid size for amg (default 32)")  # fmt: skip
     segment.add_argument("--pred-iou-thresh", type=float, default=None,
-                         help="amg: keep masks above this predicted IoU (default 0.8)")
+                         help="amg: keep masks above this predicted IoU (default: the "
+                         "model's own, e.g. 0.25 for tiny_cells, else 0.8)")
     segment.add_argument("--stability-score-thresh", type=float, default=None,
-                         help="amg: keep masks at least this stable (default 0.9)")
+                         help="amg: keep masks at least this stable (default: the model's "
+                         "own, e.g. 0.5 for tiny_cells, else 0.9)")
     for name, default in (("center-distance-threshold", 0.5),
                           ("boundary-distance-threshold", 0.5), ("foreground-threshold", 0.5)):
         segment.add_argument(f"--{name}", type=float, default=None,

@@ -9,6 +9,7 @@ at the wrong place, in the wrong slice or from another slice's embedding shows."
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from skimage.draw import disk
 from napari_sam import AutomaticMaskGenerator, masks_to_labels
 from napari_sam.automatic import (
     GenerationCancelled,
+    NoObjectsWarning,
     segment_everything_slices,
     segment_slices,
     slice_views,
@@ -325,3 +327,24 @@ def test_link_axis_of_a_time_lapse_links_z_within_each_time_point(model):
     for z, centres in enumerate(DRIFT):
         assert_discs_found(labels[:, z], centres)
     assert {int(labels[DRIFT[z][0][0], z, DRIFT[z][0][1]]) for z in range(4)} == {1}
+
+
+def test_a_stack_with_no_object_says_why_once(model):
+    """Every slice decoded, none passes the filters: one warning for the whole stack,
+    with the scores seen over all slices (the stand-in predicts 0.95 or 0) and what to
+    lower; a stack of blank slices says that instead. Objects found: no warning."""
+    stack = disc_stack()
+    strict = dict(PARAMS, pred_iou_thresh=0.99)
+    with pytest.warns(NoObjectsWarning) as caught:
+        labels = segment_everything_slices(model, stack, method="amg", **strict)
+    assert not labels.any()
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "any of the 4 slices" in message and "pred_iou_thresh" in message
+    assert "0.00-0.95" in message  # the range over every slice's candidates
+    with pytest.warns(NoObjectsWarning, match="Every slice is blank"):
+        segment_everything_slices(model, np.full((3, *SHAPE), 7, np.uint8), method="amg",
+                                  **PARAMS)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoObjectsWarning)
+        assert segment_everything_slices(model, stack, method="amg", **PARAMS).any()

@@ -33,6 +33,7 @@ from .everything import (
 )
 from .generator import AutomaticMaskGenerator, GenerationCancelled
 from .records import masks_to_labels
+from .report import ScoreReport
 
 __all__ = ["SliceLabels", "segment_everything_slices", "segment_slices", "slice_views"]
 
@@ -188,6 +189,8 @@ def segment_everything_slices(
     params: the method's parameters, as `segment_everything` ("amg": those of
         `AutomaticMaskGenerator` on top of `grid_defaults(model)`).
 
+    Warns `NoObjectsWarning` ("amg") when no slice has an object, with the scores seen
+    over all slices and what to lower.
     Returns int32 labels of the data's spatial shape (the colour axis dropped), 0 for
     background, every object with its own id across all slices (ids may skip values);
     with link_axis, one id per linked 3D object, consecutive from 1.
@@ -213,15 +216,35 @@ def segment_everything_slices(
     def read(view: ViewSpec) -> tuple[np.ndarray, Hashable]:
         return extract_view(data, view.displayed, view.slice_index, rgb=rgb), view.key()
 
+    seen, last_report = ScoreReport(), None  # the grid's scores over all slices
     for _, view, plane, _ in segment_slices(generator, read, views, cancelled=cancelled):
         found = plane > 0
         labels[mask_indices(found, view.displayed, view.slice_index, len(shape))] = plane[found]
+        report = getattr(generator, "last_report", None)  # a new one per decoded slice
+        if report is not None and report is not last_report:
+            seen.predicted_iou += report.predicted_iou
+            seen.stability += report.stability
+            last_report = report
+    if not labels.any():
+        _warn_nothing_found(generator, seen, len(views))
     if link is not None:
         from ..volume.linking import link_slices  # volume is only needed for linking
 
         axis, plane_axes = link
         labels = link_slices(labels, axis, min_link_iou, plane_axes=plane_axes)
     return labels
+
+
+def _warn_nothing_found(generator, seen: ScoreReport, n_views: int) -> None:
+    """One `NoObjectsWarning` for a stack where no slice has an object, saying why."""
+    where = f"any of the {n_views} slices" if n_views > 1 else "the image"
+    if not seen.predicted_iou and isinstance(generator, AutomaticMaskGenerator):
+        why = "Every slice is blank (one value throughout)."
+    elif isinstance(generator, AutomaticMaskGenerator):
+        why = seen.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh)
+    else:
+        return  # the instance head found no foreground: a result, as for one image
+    warnings.warn(NoObjectsWarning(f"No object was found in {where}. {why}"), stacklevel=3)
 
 
 def _link_axes(ndim: int, displayed: tuple[int, int], link_axis, min_iou):
