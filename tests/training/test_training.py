@@ -14,7 +14,7 @@ from napari_sam.training.data import (
     from_pairs,
 )
 from napari_sam.training.dense import DenseHead, dense_targets
-from napari_sam.training.evaluate import single_click_iou
+from napari_sam.training.evaluate import click_scores, draw_clicks, single_click_iou
 from napari_sam.training.loop import TrainingConfig, step_generator, train, training_step
 from napari_sam.training.losses import dice_loss, focal_loss, sam_loss
 from napari_sam.training.prompting import (
@@ -52,6 +52,41 @@ def test_only_the_lowest_loss_output_is_trained():
     assert per_output[1] > 0 and per_output[0] == 0 and per_output[2] == 0
     # every IoU prediction is trained towards what its mask achieved (0, 1, 0)
     assert iou_pred.grad[0, 1] < 0 < iou_pred.grad[0, 0]
+
+
+def test_an_output_matching_another_correct_reading_is_scored_by_it():
+    """The target is the cell; output 0 is exactly its nucleus, another correct reading
+    of the click: with the readings its IoU target is 1, without them 0.25 (the
+    nucleus's share of the cell). Output 2 matches nothing (0) either way, and an
+    empty reading (no nucleolus under the click) counts for nothing."""
+    cell = torch.from_numpy(disk((32, 32), (16, 16), 12))
+    nucleus = torch.from_numpy(disk((32, 32), (16, 16), 6))
+    far = torch.from_numpy(disk((32, 32), (3, 3), 2))
+    logits = torch.stack([nucleus, cell, far]).float()[None] * 20 - 10
+    iou_pred = torch.tensor([[1.0, 1.0, 0.0]], requires_grad=True)
+    readings = torch.stack([cell, nucleus, torch.zeros_like(cell)])[None]
+    loss, chosen, achieved = sam_loss(logits, iou_pred, cell.float()[None], readings)
+    assert chosen.item() == 1 and achieved.item() == pytest.approx(1.0)
+    loss.backward()
+    assert torch.equal(iou_pred.grad, torch.zeros(1, 3))  # every prediction right
+    plain_pred = torch.tensor([[1.0, 1.0, 0.0]], requires_grad=True)
+    sam_loss(logits, plain_pred, cell.float()[None])[0].backward()
+    share = (nucleus.sum() / cell.sum()).item()
+    assert plain_pred.grad[0, 0].item() == pytest.approx(2 * (1.0 - share) / 3)
+
+
+def test_the_readings_of_a_click_are_the_objects_of_each_level_under_it():
+    from napari_sam.training.loop import _readings
+
+    levels = torch.zeros(2, 3, 8, 8, dtype=torch.int32)
+    levels[1, 0, 2:7, 2:7] = 4  # a cell of image 1
+    levels[1, 1, 3:6, 3:6] = 9  # its nucleus
+    readings = _readings(levels, torch.tensor([1, 1]), torch.tensor([[4.0, 4.0], [2.0, 6.0]]))
+    assert readings.shape == (2, 3, 8, 8)
+    assert torch.equal(readings[0, 0], levels[1, 0] == 4)
+    assert torch.equal(readings[0, 1], levels[1, 1] == 9)
+    assert not readings[0, 2].any()  # no nucleolus there
+    assert readings[1, 0].any() and not readings[1, 1:].any()  # in the cell, not the nucleus
 
 
 def test_correction_points_lie_in_the_error_region():
@@ -203,6 +238,14 @@ def test_single_click_iou_scores_the_top_ranked_mask_against_the_clicked_object(
     labels[:, 16:] = 2
     image = LabelledImage(np.zeros((64, 64), np.uint8), [labels])
     assert single_click_iou(model, [image], clicks_per_image=5) == pytest.approx(0.375)
+    # The oracle's best candidate: the quarter (1.0) on the first, the half (0.25) on the
+    # second; the preselection is the best on the second only. True IoUs (0.5, 1, 0)
+    # and (0.25, 0, 0) against predicted (0.9, 0.5, 0.1): errors 0.4 0.5 0.1 0.65 0.5
+    # 0.1. Areas: the half over the quarter (2), over the rest (2/3).
+    scores = click_scores(model, [image], draw_clicks([image], 5)).summary()
+    assert scores == pytest.approx({"preselected": 0.375, "best": 0.625,
+                                    "preselected_is_best": 0.5, "calibration_mae": 0.375,
+                                    "area_ratio": (2 + 2 / 3) / 2})  # fmt: skip
 
 
 def test_decoder_only_fine_tuning_raises_held_out_iou():
@@ -225,6 +268,35 @@ def test_decoder_only_fine_tuning_raises_held_out_iou():
     assert after > before + 0.05
     for key, value in model.image_encoder.state_dict().items():
         assert torch.equal(value, encoder_before[key]), key
+
+
+def test_training_only_the_iou_head_keeps_every_mask():
+    """train_only: the IoU head learns, every other weight stays as it was (so every
+    mask does); a prefix that names nothing is refused."""
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = "mask_decoder.iou_prediction_head."
+    config = TrainingConfig(steps=3, learning_rate=1e-2, correction_rounds=1, warmup_steps=1,
+                            freeze_encoder=True, train_only=(head,))  # fmt: skip
+    train(model, blobs, config)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(head) for k in changed)
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        train(model, blobs, TrainingConfig(steps=1, train_only=("no_such_module.",)))
+
+
+def test_the_bundled_recipe_freezes_the_encoder_when_only_the_iou_head_trains(tmp_path):
+    from napari_sam.training import bundled
+
+    run = tmp_path / "run.pt"
+    head = ("mask_decoder.iou_prediction_head.",)
+    config = bundled.training_config(10, 1, 1e-3, 0, 0, run, train_only=head)
+    assert config.freeze_encoder and config.dense_weight == 0 and config.train_only == head
+    config = bundled.training_config(10, 1, 1e-3, 0, 0, run)
+    assert not config.freeze_encoder and config.dense_weight == 1.0 and config.train_only == ()
+    config = bundled.training_config(10, 1, 1e-3, 0, 0, run, train_only=("image_encoder.",))
+    assert not config.freeze_encoder and config.dense_weight == 1.0
 
 
 @pytest.mark.parametrize("dense_weight", [0.0, 1.0])

@@ -35,8 +35,11 @@ def training_config(
     objects_per_image: int = 16,
     correction_rounds: int = 2,
     dense_weight: float = 1.0,
+    train_only: tuple[str, ...] = (),
 ) -> TrainingConfig:
-    """The recipe of the shipped weights."""
+    """The recipe of the shipped weights. With `train_only` prefixes that leave the image
+    encoder out, the encoder is frozen (no dense loss: it trains the encoder)."""
+    encoder_trains = not train_only or any(p.startswith("image_encoder") for p in train_only)
     return TrainingConfig(
         steps=steps,
         batch_size=batch_size,
@@ -53,7 +56,9 @@ def training_config(
         checkpoint_every=200,
         checkpoint_path=str(run_checkpoint),
         workers=workers,
-        dense_weight=dense_weight,
+        dense_weight=dense_weight if encoder_trains else 0.0,
+        freeze_encoder=not encoder_trains,
+        train_only=tuple(train_only),
     )
 
 
@@ -110,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the encoder's dense auxiliary loss (0: SAM's loss alone)",
     )
     parser.add_argument(
+        "--train-only",
+        nargs="+",
+        default=(),
+        metavar="PREFIX",
+        help="train only parameters whose names start so, e.g. "
+        "mask_decoder.iou_prediction_head. (calibrates the predicted IoUs, masks unchanged)",
+    )
+    parser.add_argument(
         "--run-checkpoint", type=Path, help="resumable state (default: next to --out)"
     )
     parser.add_argument(
@@ -135,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         args.objects_per_image,
         args.correction_rounds,
         args.dense_weight,
+        tuple(args.train_only),
     )
     budget = None
     if args.minutes:
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "init": args.init.name if args.init else None,
-        "dense_weight": args.dense_weight,
+        "dense_weight": config.dense_weight,
+        "train_only": list(config.train_only),
     }
 
     def report(step: int, total: int, stats: dict) -> None:

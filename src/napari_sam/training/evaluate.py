@@ -54,17 +54,50 @@ def draw_clicks(
     return clicks
 
 
-def clicks_iou(
+@dataclass
+class ClickScores:
+    """What each click gave, as a user meets it and as an oracle would: (n,) arrays of
+    the preselected (highest predicted IoU) candidate's IoU against the best-matching
+    true reading, the best of the three candidates' IoU, and the preselected mask's
+    area over that reading's area; (n, 3) arrays of every candidate's predicted IoU and
+    true IoU (against its own best-matching reading)."""
+
+    preselected: np.ndarray
+    best: np.ndarray
+    area_ratio: np.ndarray
+    predicted: np.ndarray
+    true: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Means: "preselected" and "best" mIoU, "preselected_is_best" (share of clicks
+        where the preselection scores as well as the best candidate), "calibration_mae"
+        (mean |predicted - true IoU| over all candidates), "area_ratio" (median
+        preselected / true area: above 1 over-segments)."""
+        if not len(self.preselected):
+            return dict.fromkeys(
+                ("preselected", "best", "preselected_is_best", "calibration_mae", "area_ratio"),
+                float("nan"),
+            )
+        return {
+            "preselected": float(self.preselected.mean()),
+            "best": float(self.best.mean()),
+            "preselected_is_best": float((self.preselected >= self.best - 1e-9).mean()),
+            "calibration_mae": float(np.abs(self.predicted - self.true).mean()),
+            "area_ratio": float(np.median(self.area_ratio)),
+        }
+
+
+def click_scores(
     model: Sam,
     items: Sequence[LabelledImage],
     clicks: Sequence[Click],
     embeddings: dict[int, ImageEmbedding] | None = None,
-) -> float:
-    """Mean IoU of the top-ranked candidate of each click against the best-matching true
-    mask; nan without clicks. `embeddings`: item index -> embedding, reused where present
-    and filled where missing (valid only while the image encoder does not change)."""
+) -> ClickScores:
+    """Every click's candidates scored against the true readings of its pixel.
+    `embeddings`: item index -> embedding, reused where present and filled where missing
+    (valid only while the image encoder does not change)."""
     predictor = SamPredictor(model)
-    scores = []
+    rows = []
     for index, group in itertools.groupby(clicks, key=lambda click: click.item):
         if embeddings is not None and index in embeddings:
             predictor.image_embedding = embeddings[index]
@@ -74,9 +107,27 @@ def clicks_iou(
                 embeddings[index] = predictor.image_embedding
         for click in group:
             masks, predicted_iou, _ = predictor.predict(points=[click.point])
-            best = masks[np.argmax(predicted_iou)]
-            scores.append(max(_iou(best, truth) for truth in click.readings))
-    return float(np.mean(scores)) if scores else float("nan")
+            true = np.array([[_iou(m, t) for t in click.readings] for m in masks])  # (3, R)
+            top = int(np.argmax(predicted_iou))
+            matched = click.readings[int(np.argmax(true[top]))]
+            ratio = masks[top].sum() / max(int(matched.sum()), 1)
+            rows.append((true[top].max(), true.max(), ratio, predicted_iou, true.max(1)))
+    if not rows:
+        empty = np.zeros(0)
+        return ClickScores(empty, empty, empty, empty.reshape(0, 3), empty.reshape(0, 3))
+    columns = list(zip(*rows, strict=True))
+    return ClickScores(*(np.array(c, np.float64) for c in columns))
+
+
+def clicks_iou(
+    model: Sam,
+    items: Sequence[LabelledImage],
+    clicks: Sequence[Click],
+    embeddings: dict[int, ImageEmbedding] | None = None,
+) -> float:
+    """Mean IoU of the top-ranked candidate of each click against the best-matching true
+    mask; nan without clicks. `embeddings` as in `click_scores`."""
+    return click_scores(model, items, clicks, embeddings).summary()["preselected"]
 
 
 def single_click_iou(

@@ -48,6 +48,10 @@ class TrainingConfig:
     autocast: bool = True  # bfloat16 autocast on CUDA
     workers: int = 0  # processes drawing batches ahead (0: in the loop); needs a picklable source
     dense_weight: float = 0.0  # weight of the encoder's dense auxiliary loss (see .dense)
+    # Train only the parameters whose names start with one of these (empty: all that
+    # freeze_encoder leaves), e.g. ("mask_decoder.iou_prediction_head.",) to calibrate
+    # the predicted IoUs while every mask stays exactly as it was.
+    train_only: tuple[str, ...] = ()
 
 
 # progress(step, total_steps, statistics) -> None
@@ -147,6 +151,16 @@ def _targets(
     return torch.from_numpy(pixels).to(device), masks, owner_t, levels_t
 
 
+def _readings(levels: torch.Tensor, owner: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(N, depth, size, size) bool: the object of each level under each click (empty where
+    the click lies in none), from label images (B, depth, size, size), the clicks'
+    images (N,) and (row, col) points (N, 2)."""
+    rows, cols = points.long().unbind(1)
+    stack = levels[owner]  # (N, depth, size, size)
+    ids = stack[torch.arange(len(owner), device=stack.device), :, rows, cols]  # (N, depth)
+    return (stack == ids[:, :, None, None]) & (ids[:, :, None, None] > 0)
+
+
 def _decode(model: Sam, features, points, labels, boxes, mask_input, multimask: bool):
     """Decode prompts in (row, col) image-frame terms; logits at the input size."""
     prompt = None if points is None else (points.flip(-1), labels)
@@ -202,7 +216,8 @@ def training_step(
             points = first_points(target, generator)[:, None]
             labels = torch.ones(len(chosen), 1, dtype=torch.long, device=device)
         low, logits, iou = _decode(model, image_features, points, labels, boxes, None, not use_box)
-        loss, _, achieved = sam_loss(logits, iou, target)
+        readings = None if use_box else _readings(levels, owner[chosen], points[:, 0])
+        loss, _, achieved = sam_loss(logits, iou, target, readings)
         losses.append(loss)
         first_ious.append(achieved.detach())
         rows = torch.arange(len(chosen), device=device)
@@ -280,13 +295,21 @@ def _optimise(model, batch, step, config, optimizer, scheduler, trainable, dense
     return stats
 
 
-def trainable_parameters(model: Sam, freeze_encoder: bool) -> dict[str, torch.nn.Parameter]:
-    """The parameters a run trains, by name: all, or all but the image encoder's."""
-    return {
+def trainable_parameters(
+    model: Sam, freeze_encoder: bool, only: tuple[str, ...] = ()
+) -> dict[str, torch.nn.Parameter]:
+    """The parameters a run trains, by name: all, or all but the image encoder's, and of
+    those only the ones starting with a prefix in `only` when it is given. Raises
+    ValueError when `only` names nothing."""
+    chosen = {
         name: p
         for name, p in model.named_parameters()
         if not (freeze_encoder and name.startswith("image_encoder."))
+        and (not only or name.startswith(tuple(only)))
     }
+    if only and not chosen:
+        raise ValueError(f"train_only {only!r} matches no trainable parameter of the model.")
+    return chosen
 
 
 def train(
@@ -304,7 +327,7 @@ def train(
     """
     torch.manual_seed(config.seed)
     model.train()
-    chosen = trainable_parameters(model, config.freeze_encoder)
+    chosen = trainable_parameters(model, config.freeze_encoder, config.train_only)
     for name, p in model.named_parameters():
         p.requires_grad_(name in chosen)
     trainable = list(chosen.values())

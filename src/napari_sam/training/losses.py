@@ -1,5 +1,6 @@
 """SAM's training objective: focal + dice (20 : 1) on masks, the minimum over the three
-ambiguity outputs back-propagated alone, and MSE between predicted and achieved IoU."""
+ambiguity outputs back-propagated alone, and MSE between predicted and achieved IoU
+(against the best-matching correct reading of the click where several are known)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_loss(
-    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    target: torch.Tensor,
+    readings: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss of a batch of predictions against one true mask per prompt.
 
@@ -47,6 +51,11 @@ def sam_loss(
     target: (B, H, W) in {0, 1}. Only the output with the lowest mask loss is trained
     towards the target (the others stay free to mean other valid objects); every
     output's IoU prediction is trained towards the IoU it actually achieved.
+    readings: (B, R, H, W) bool, every correct reading of each prompt (e.g. the cell,
+    the nucleus and the nucleolus under a click, the target among them; empty masks
+    are ignored). Then an output's achieved IoU is that with the reading it matches
+    best: an output that finds the nucleus where the target was the cell is right, and
+    its predicted IoU should say so, or the ranking of the three outputs learns nothing.
 
     Returns (total loss, index of the chosen output (B,), its achieved IoU (B,)).
     """
@@ -57,5 +66,10 @@ def sam_loss(
     chosen = per_output.detach().argmin(dim=1)
     mask_term = per_output.gather(1, chosen[:, None]).mean()
     achieved = mask_iou(logits, target)
-    iou_term = F.mse_loss(iou_pred.float(), achieved)
+    scored = achieved
+    if readings is not None:
+        per_reading = mask_iou(logits[:, :, None], readings[:, None])  # (B, M, R)
+        present = readings.flatten(2).any(2)[:, None]  # (B, 1, R)
+        scored = torch.maximum(achieved, per_reading.masked_fill(~present, 0).amax(2))
+    iou_term = F.mse_loss(iou_pred.float(), scored)
     return mask_term + iou_term, chosen, achieved.gather(1, chosen[:, None])[:, 0]
