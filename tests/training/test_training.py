@@ -286,6 +286,28 @@ def test_training_only_the_iou_head_keeps_every_mask():
         train(model, blobs, TrainingConfig(steps=1, train_only=("no_such_module.",)))
 
 
+def test_the_iou_target_setting_picks_what_predicted_ious_learn():
+    """"readings" scores an output by the best-matching level under the click, so the
+    IoU term (and the loss) of a batch of nested cells differs from "target"'s, while
+    the masks' term is the same; anything else is refused before training."""
+    torch.manual_seed(0)
+    model = build_sam(TINY).eval()
+    source = cells_source()
+    batch = draw_batch(source, 5, 0, 2, TINY.img_size, (1.0, 1.0), 8)
+    losses = {}
+    for target in ("target", "readings"):
+        config = TrainingConfig(correction_rounds=0, box_fraction=0.0, iou_target=target)
+        with torch.no_grad():
+            losses[target], stats = training_step(model, batch, step_generator(0, 0, model.device),
+                                                  config)  # fmt: skip
+        assert np.isfinite(stats["loss"])
+    # Readings can only raise an output's achieved IoU: the predicted IoUs of an
+    # untrained model (near 0) are further from them.
+    assert losses["readings"] > losses["target"]
+    with pytest.raises(ValueError, match="iou_target"):
+        train(model, source, TrainingConfig(steps=1, iou_target="best"))
+
+
 def test_the_bundled_recipe_freezes_the_encoder_when_only_the_iou_head_trains(tmp_path):
     from napari_sam.training import bundled
 

@@ -36,6 +36,7 @@ def training_config(
     correction_rounds: int = 2,
     dense_weight: float = 1.0,
     train_only: tuple[str, ...] = (),
+    iou_target: str = "target",
 ) -> TrainingConfig:
     """The recipe of the shipped weights. With `train_only` prefixes that leave the image
     encoder out, the encoder is frozen (no dense loss: it trains the encoder)."""
@@ -59,6 +60,7 @@ def training_config(
         dense_weight=dense_weight if encoder_trains else 0.0,
         freeze_encoder=not encoder_trains,
         train_only=tuple(train_only),
+        iou_target=iou_target,
     )
 
 
@@ -123,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         "mask_decoder.iou_prediction_head. (calibrates the predicted IoUs, masks unchanged)",
     )
     parser.add_argument(
+        "--iou-target",
+        choices=("target", "readings"),
+        default="target",
+        help="train predicted IoUs towards the prompted object's IoU (the paper's) or the "
+        "best-matching object of any level under the click",
+    )
+    parser.add_argument(
         "--run-checkpoint", type=Path, help="resumable state (default: next to --out)"
     )
     parser.add_argument(
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         args.correction_rounds,
         args.dense_weight,
         tuple(args.train_only),
+        args.iou_target,
     )
     budget = None
     if args.minutes:
@@ -163,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": args.init.name if args.init else None,
         "dense_weight": config.dense_weight,
         "train_only": list(config.train_only),
+        "iou_target": config.iou_target,
     }
 
     def report(step: int, total: int, stats: dict) -> None:
