@@ -173,6 +173,27 @@ def test_break_test_findings(bundled):
     assert "tiny_cells" not in str(error.value)  # it has none to offer
 
 
+def test_a_thin_image_gets_a_default_grid_it_can_hold():
+    """A 6 x 300 strip: the default 32 x 32 grid would be denser than its 6 rows, so the
+    default becomes 6 x 6 (what an explicit points_per_side=6 gives) for one image, a
+    stack and a decoded grid alike; a points_per_side the caller gives is kept, and
+    refused when too dense."""
+    from napari_sam.automatic import EverythingSegmenter, segment_everything_slices
+
+    model, image = disc_model(), coins()[100:106, :300]
+    quiet = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}  # every candidate
+    expected = segment_everything(model, image, "amg", points_per_side=6, **quiet)
+    assert expected.max() > 0
+    assert np.array_equal(segment_everything(model, image, "amg", **quiet), expected)
+    stack = segment_everything_slices(model, np.stack([image, image]), method="amg", **quiet)
+    assert np.array_equal(stack[0], expected)
+    segmenter = EverythingSegmenter(model, "amg")
+    segmenter.decode(image)
+    assert segmenter.decoded.decode_params["points_per_side"] == 6
+    with pytest.raises(ValueError, match="denser than the image"):
+        segment_everything(model, image, "amg", points_per_side=32)
+
+
 def test_an_rgb_stack_is_segmented_plane_by_plane():
     from napari_sam.automatic import segment_everything_slices
 

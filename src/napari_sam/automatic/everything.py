@@ -39,6 +39,7 @@ __all__ = [
     "check_params",
     "choose_method",
     "grid_defaults",
+    "grid_params",
     "is_blank",
     "segment_everything",
 ]  # fmt: skip
@@ -70,6 +71,17 @@ def grid_defaults(model) -> dict:
     """The grid method's default parameters for `model`: `MICROSCOPY_DEFAULTS`, updated
     by the thresholds its zoo entry carries (`model.grid_defaults`, e.g. tiny_cells')."""
     return {**MICROSCOPY_DEFAULTS, **getattr(model, "grid_defaults", {})}
+
+
+def grid_params(model, params: dict, shape: tuple[int, int]) -> dict:
+    """The grid generator's parameters for an (H, W) image: `grid_defaults(model)` updated
+    by `params`. A default grid denser than a thin image (fewer pixels on its short side
+    than points per side) gets one point per pixel of that side; a points_per_side the
+    caller gave is kept, and the generator refuses it when too dense."""
+    merged = {**grid_defaults(model), **params}
+    if "points_per_side" not in params:
+        merged["points_per_side"] = max(1, min(merged["points_per_side"], *shape))
+    return merged
 
 
 def _check_image(image) -> np.ndarray:
@@ -130,7 +142,8 @@ def segment_everything(
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
     embedding: this model's `ImageEmbedding` of the image, to skip the encoder.
     params: the method's parameters: for "ais" those of `AIS_DEFAULTS` (see `AIS_HELP`),
-    for "amg" those of `AutomaticMaskGenerator` on top of `grid_defaults(model)`.
+    for "amg" those of `AutomaticMaskGenerator` on top of `grid_defaults(model)` (see
+    `grid_params`: the default grid is thinned for an image thinner than it).
     progress/cancelled: as `AutomaticMaskGenerator.generate` ("amg" only).
     Warns `NoObjectsWarning` ("amg") with the scores seen when nothing passes the filters.
     Raises ValueError for an unknown method, "ais" on a model without a head, bad
@@ -145,7 +158,7 @@ def segment_everything(
     if method == "ais":
         maps = predict_instance_maps(model, image, embedding=embedding)
         return maps.labels(**params)
-    generator = AutomaticMaskGenerator(model, **{**grid_defaults(model), **params})
+    generator = AutomaticMaskGenerator(model, **grid_params(model, params, image.shape[:2]))
     records = generator.generate(image, embedding=embedding, progress=progress,
                                  cancelled=cancelled)  # fmt: skip
     if not records:
@@ -207,8 +220,8 @@ class EverythingSegmenter:
         elif is_blank(image):  # no candidates, and the report says so
             self.decoded = GridCandidates(self.model, [], ScoreReport(), decode_params)
         else:
-            params = {"points_per_side": grid_defaults(self.model)["points_per_side"],
-                      **decode_params}  # fmt: skip
+            grid = grid_params(self.model, decode_params, image.shape[:2])
+            params = {"points_per_side": grid["points_per_side"], **decode_params}
             self.decoded = GridCandidates.decode(self.model, image, embedding=embedding,
                                                  progress=progress, cancelled=cancelled,
                                                  **params)  # fmt: skip

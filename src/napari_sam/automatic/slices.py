@@ -28,7 +28,7 @@ from .everything import (
     NoObjectsWarning,
     check_params,
     choose_method,
-    grid_defaults,
+    grid_params,
     is_blank,
 )
 from .generator import AutomaticMaskGenerator, GenerationCancelled
@@ -210,7 +210,8 @@ def segment_everything_slices(
     if method == "ais":
         generator = EverythingSegmenter(model, "ais", **params)
     else:
-        generator = AutomaticMaskGenerator(model, **{**grid_defaults(model), **params})
+        plane = tuple(shape[axis] for axis in views[0].displayed)
+        generator = AutomaticMaskGenerator(model, **grid_params(model, params, plane))
     labels = np.zeros(shape, np.int32)
 
     def read(view: ViewSpec) -> tuple[np.ndarray, Hashable]:
