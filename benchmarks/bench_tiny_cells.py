@@ -97,6 +97,13 @@ def crop_scores(model, image: np.ndarray, labels: np.ndarray, side: int) -> dict
     return click_scores(model, items, clicks).summary()
 
 
+def tile_sides(option: list[int] | None) -> list:
+    """--tiled's tile sides: none without it, the model's input size (True) when bare."""
+    if option is None:
+        return []
+    return list(option) or [True]
+
+
 def describe(scores: dict) -> str:
     return (
         f"mIoU preselected {scores['preselected']:.3f}, best of three {scores['best']:.3f}; "
@@ -122,6 +129,9 @@ def main() -> None:
     parser.add_argument("--model", default="tiny_cells", help="zoo name or checkpoint path")
     parser.add_argument("--images", type=int, default=200, help="0: the real images only")
     parser.add_argument("--crops", type=int, nargs="*", default=[], help="crop sides (px)")
+    parser.add_argument("--tiled", type=int, nargs="*", default=None,
+                        help="also with TiledPredictor: tiles of the model's input size, or "
+                        "of these sides (px)")  # fmt: skip
     args = parser.parse_args()
     model = load_model(args.model, device="cpu")
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -142,10 +152,18 @@ def main() -> None:
             f"part/nucleus {part:.3f}, subpart/nucleolus {subpart:.3f} (goal >= 0.7 each)",
             flush=True,
         )
+        for side in tile_sides(args.tiled):
+            tiled = click_scores(model, items, clicks, tiled=side).summary()
+            print(f"  tiled ({side if side is not True else 'input-size'} tiles): "
+                  f"{describe(tiled)}", flush=True)  # fmt: skip
     for name, image, labels in load_real_check():
         clicks = centre_clicks(labels, 0)
         scores = click_scores(model, [LabelledImage(image, [labels])], clicks).summary()
         print(f"real {name} ({len(clicks)} centre clicks): {describe(scores)}", flush=True)
+        for side in tile_sides(args.tiled):
+            scores = click_scores(model, [LabelledImage(image, [labels])], clicks, tiled=side)
+            print(f"  tiled ({side if side is not True else 'input-size'} tiles): "
+                  f"{describe(scores.summary())}", flush=True)  # fmt: skip
         for side in args.crops:
             scores = crop_scores(model, image, labels, side)
             print(f"  in {side} px crops: {describe(scores)}", flush=True)

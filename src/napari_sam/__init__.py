@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SamPredictor": "napari_sam.predictor",
     "ImageEmbedding": "napari_sam.predictor",
+    "TiledPredictor": "napari_sam.tiled",
     "AutomaticMaskGenerator": "napari_sam.automatic",
     "MaskRecord": "napari_sam.automatic",
     "masks_to_labels": "napari_sam.automatic",
@@ -38,6 +39,7 @@ __all__ = [
     "Sam",
     "SamConfig",
     "SamPredictor",
+    "TiledPredictor",
     "__version__",
     "available_devices",
     "build_sam",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .interactive import AnnotationSession
     from .model import Sam, SamConfig, build_sam
     from .predictor import ImageEmbedding, SamPredictor
+    from .tiled import TiledPredictor
     from .volume import embed_slices, link_slices, propagate, propagate_objects
     from .zoo import available_devices, load_model
 

@@ -246,6 +246,9 @@ def test_single_click_iou_scores_the_top_ranked_mask_against_the_clicked_object(
     assert scores == pytest.approx({"preselected": 0.375, "best": 0.625,
                                     "preselected_is_best": 0.5, "calibration_mae": 0.375,
                                     "area_ratio": (2 + 2 / 3) / 2})  # fmt: skip
+    # One tile holds this small image: tiled decoding is the same.
+    tiled = click_scores(model, [image], draw_clicks([image], 5), tiled=True).summary()
+    assert tiled == pytest.approx(scores)
 
 
 def test_decoder_only_fine_tuning_raises_held_out_iou():

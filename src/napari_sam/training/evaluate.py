@@ -13,6 +13,7 @@ import torch
 
 from ..model import Sam
 from ..predictor import ImageEmbedding, SamPredictor
+from ..tiled import TiledPredictor
 from .data import LabelledImage
 from .prompting import first_points
 
@@ -92,14 +93,23 @@ def click_scores(
     items: Sequence[LabelledImage],
     clicks: Sequence[Click],
     embeddings: dict[int, ImageEmbedding] | None = None,
+    tiled: bool | int = False,
 ) -> ClickScores:
     """Every click's candidates scored against the true readings of its pixel.
     `embeddings`: item index -> embedding, reused where present and filled where missing
-    (valid only while the image encoder does not change)."""
-    predictor = SamPredictor(model)
+    (valid only while the image encoder does not change). `tiled`: each click decoded in
+    a tile of the image (`napari_sam.tiled.TiledPredictor`): True, tiles of the model's
+    input size (the image's own resolution); a number, tiles of that side in pixels."""
+    if tiled:
+        side = None if tiled is True else int(tiled)
+        predictor = TiledPredictor(model, tile=side)
+    else:
+        predictor = SamPredictor(model)
     rows = []
     for index, group in itertools.groupby(clicks, key=lambda click: click.item):
-        if embeddings is not None and index in embeddings:
+        if tiled:
+            predictor.set_image(items[index].image)
+        elif embeddings is not None and index in embeddings:
             predictor.image_embedding = embeddings[index]
         else:
             predictor.set_image(items[index].image)

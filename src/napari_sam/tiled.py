@@ -1,0 +1,198 @@
+"""Prompting at the image's own resolution: each prompt decoded in a tile of the image.
+
+`SamPredictor` resizes the whole image to the model's input (its longest side to
+`model.img_size`). For a model with a small input, such as the bundled `tiny_cells`
+(256 px), that shrinks a 512 px image by 2 and a 2048 px one by 8: a nucleus of 80 px
+becomes a few pixels, below one token of the encoder. `TiledPredictor` instead cuts the
+image into overlapping tiles of the model's input size, embeds a tile when a prompt first
+needs it (and keeps it), and decodes each prompt in the tile that holds all of it, with
+the most context around it. The idea is micro-sam's tiled embeddings (Archit et al.,
+Nature Methods 2025), done on demand: the bundled model encodes a 256 px tile in about
+10 ms on a CPU.
+
+Measured on scikit-image's IHC image (`benchmarks/bench_tiny_cells.py --tiled`): one click
+at each of 41 hand-checked nuclei gives them, with the preselected candidate, a mean IoU
+of 0.07 through `SamPredictor` and about 0.3 through this class.
+
+Coordinates are (row, col) image pixels, boxes (min_row, min_col, max_row, max_col),
+tiles (min_row, min_col, max_row, max_col) with exclusive ends.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .image import to_uint8_rgb
+from .model import Sam
+from .predictor import ImageEmbedding, Prediction, SamPredictor, embed_image
+
+__all__ = ["TiledPredictor", "tile_starts"]
+
+Tile = tuple[int, int, int, int]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """First positions of tiles of `tile` pixels covering an axis of `length` pixels,
+    neighbours overlapping by at least `overlap` pixels, evenly spread, the last one
+    ending at the axis' end; one tile at 0 when the axis is not longer than a tile."""
+    if length <= tile:
+        return [0]
+    count = int(np.ceil((length - tile) / (tile - overlap))) + 1
+    return sorted({round(float(v)) for v in np.linspace(0, length - tile, count)})
+
+
+class TiledPredictor:
+    """`SamPredictor` for images larger than the model's input: every prompt is decoded
+    in one tile of the image at its own resolution.
+
+    >>> predictor = TiledPredictor(load_model("tiny_cells"))
+    >>> predictor.set_image(image)                        # no encoder run yet
+    >>> masks, scores, logits = predictor.predict(points=[[520, 1210]])
+
+    tile: the tiles' side in pixels (default `model.img_size`: no resizing inside a tile);
+    overlap: pixels shared by neighbouring tiles (default a quarter of a tile), so an
+    object up to that size lies wholly inside some tile; max_tiles: tile embeddings kept
+    (least recently used ones are dropped).
+
+    A prompt (its points and box corners) is decoded in the tile that holds all of it
+    and leaves most room around its centre; a prompt no tile holds (a box larger than
+    a tile, a point outside the image) is decoded on the whole image resized, as by
+    `SamPredictor`. Masks are (M, H, W) image-sized, empty outside the tile;
+    low_res_logits belong to the tile (`last_tile`; None: the whole image), and a
+    `mask_input` is read in the tile of the previous prediction. Images that fit the
+    model's input are one tile: exactly `SamPredictor`.
+    Raises ValueError for a tile smaller than 32 px or an overlap outside [0, tile / 2].
+    """
+
+    def __init__(
+        self, model: Sam, tile: int | None = None, overlap: int | None = None, max_tiles: int = 32
+    ) -> None:
+        self.model = model.eval()
+        self.tile = int(model.img_size if tile is None else tile)
+        self.overlap = self.tile // 4 if overlap is None else int(overlap)
+        if self.tile < 32:
+            raise ValueError(f"tile must be at least 32 px; got {tile!r}.")
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise ValueError(
+                f"overlap must be in [0, tile / 2 = {self.tile // 2}]; got {overlap!r}."
+            )
+        self.max_tiles = max(1, int(max_tiles))
+        self._decoder = SamPredictor(self.model)
+        self._rgb: np.ndarray | None = None
+        self._tiles: list[Tile] = []
+        self._embeddings: OrderedDict[Tile | None, ImageEmbedding] = OrderedDict()
+        self.last_tile: Tile | None = None
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Keep an (H, W), (H, W, 3) or (H, W, 4) image of any dtype, scaled to uint8 once
+        for the whole image (see `napari_sam.image`), so that the tiles agree."""
+        self._rgb = to_uint8_rgb(image)
+        height, width = self._rgb.shape[:2]
+        rows = tile_starts(height, self.tile, self.overlap)
+        cols = tile_starts(width, self.tile, self.overlap)
+        side = self.tile
+        self._tiles = [
+            (r, c, min(r + side, height), min(c + side, width)) for r in rows for c in cols
+        ]
+        self._embeddings.clear()
+        self.last_tile = None
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """Every tile of the image, (min_row, min_col, max_row, max_col)."""
+        return list(self._tiles)
+
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
+        """As `SamPredictor.predict` (same arguments, (row, col) image coordinates), in the
+        chosen tile. Raises RuntimeError before `set_image`, ValueError for a mask_input
+        whose tile does not hold these prompts, and `SamPredictor.predict`'s errors."""
+        if self._rgb is None:
+            raise RuntimeError("No image is set: call set_image(image) before predict().")
+        corners = self._prompt_corners(points, box)
+        if mask_input is not None:
+            tile = self.last_tile
+            if tile is not None and not _holds(tile, corners):
+                raise ValueError(
+                    f"mask_input is the low-res logits of the previous prediction's tile {tile}, "
+                    "which does not hold these prompts: predict without mask_input."
+                )
+        else:
+            tile = self._choose(corners)
+        origin = np.zeros(2) if tile is None else np.array(tile[:2], np.float64)
+        self._decoder.image_embedding = self._embedding(tile)
+        local_points = None if points is None else np.asarray(points, np.float64) - origin
+        local_box = None if box is None else np.asarray(box, np.float64) - np.tile(origin, 2)
+        masks, scores, low_res = self._decoder.predict(
+            local_points, labels, local_box, mask_input, multimask
+        )
+        self.last_tile = tile
+        if tile is None:
+            return Prediction(masks, scores, low_res)
+        full = np.zeros((len(masks), *self._rgb.shape[:2]), bool)
+        full[:, tile[0] : tile[2], tile[1] : tile[3]] = masks
+        return Prediction(full, scores, low_res)
+
+    # -- steps ---------------------------------------------------------------------
+    @staticmethod
+    def _prompt_corners(points, box) -> np.ndarray:
+        """(K, 2) (row, col) of every point and box corner; errors are SamPredictor's."""
+        parts = []
+        for value in (points, box):
+            if value is not None:
+                array = np.asarray(value, dtype=np.float64)
+                if array.size % 2 == 0 and array.size:
+                    parts.append(array.reshape(-1, 2))
+        return np.concatenate(parts) if parts else np.zeros((0, 2))
+
+    def _choose(self, corners: np.ndarray) -> Tile | None:
+        """The tile holding every corner with the most room around their centre (room
+        towards the image's own edge does not count), or None when no tile holds them."""
+        if len(corners) == 0 or not np.isfinite(corners).all():
+            return None
+        centre = (corners.min(0) + corners.max(0)) / 2
+        height, width = self._rgb.shape[:2]
+        best, best_room = None, -np.inf
+        for tile in self._tiles:
+            if not _holds(tile, corners):
+                continue
+            room = [np.inf]
+            if tile[0] > 0:
+                room.append(centre[0] - tile[0])
+            if tile[1] > 0:
+                room.append(centre[1] - tile[1])
+            if tile[2] < height:
+                room.append(tile[2] - centre[0])
+            if tile[3] < width:
+                room.append(tile[3] - centre[1])
+            if min(room) > best_room:
+                best, best_room = tile, min(room)
+        return best
+
+    def _embedding(self, tile: Tile | None) -> ImageEmbedding:
+        """The tile's embedding (None: the whole image's), encoded on first use."""
+        if tile in self._embeddings:
+            self._embeddings.move_to_end(tile)
+            return self._embeddings[tile]
+        pixels = self._rgb if tile is None else self._rgb[tile[0] : tile[2], tile[1] : tile[3]]
+        embedding = embed_image(self.model, pixels)
+        self._embeddings[tile] = embedding
+        while len(self._embeddings) > self.max_tiles:
+            self._embeddings.popitem(last=False)
+        return embedding
+
+
+def _holds(tile: Tile, corners: np.ndarray) -> bool:
+    """Whether every (row, col) lies on a pixel of the tile."""
+    return bool(
+        np.all((corners[:, 0] >= tile[0]) & (corners[:, 0] < tile[2]))
+        and np.all((corners[:, 1] >= tile[1]) & (corners[:, 1] < tile[3]))
+    )
