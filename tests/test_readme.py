@@ -36,9 +36,10 @@ def test_every_snippet_parses():
         "propagate(model, volume, 20",
         "segment_everything(load_model",
         "EverythingSegmenter(load_model",
+        "TiledPredictor(load_model",
     ],
     ids=["widget script", "session", "quick start", "segment everything", "propagation",
-         "entry point", "decode once"],
+         "entry point", "decode once", "tiles"],
 )
 def test_offline_snippet_runs(tmp_path, marker):
     code = snippet(marker).replace("napari.run()", "viewer.close()")
