@@ -211,3 +211,23 @@ def test_segment_says_what_is_wrong_before_writing_anything(main, tmp_path, caps
     # An AIS option with the grid (tiny_cells has no head): refused, no folder made.
     assert main(["segment", twins[0], "--out", str(out), "--min-size", "20"]) == 2
     assert "min_size" in capsys.readouterr().err and not out.exists()
+
+
+def test_segment_refuses_a_file_as_out_and_says_which_input_it_cannot_read(
+    main, tmp_path, capsys
+):
+    """From a new user's break test: both were tracebacks."""
+    import numpy as np
+    import tifffile
+
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.zeros((16, 16), np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["segment", str(good), "--out", str(good)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["segment", str(good), str(bad), "--out", str(out), "--method", "amg"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png: cannot read it as an image" in err
+    assert (out / "good_labels.tif").is_file()  # the file before it is written

@@ -47,16 +47,18 @@ def assert_same(ours, expected):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"), [(100, 256, 64), (256, 256, 64),
-                                                         (303, 256, 64), (1000, 256, 64),
-                                                         (2048, 128, 0), (777, 100, 50)])  # fmt: skip
+AXES = [(100, 256, 64), (256, 256, 64), (303, 256, 64), (1000, 256, 64), (2048, 128, 0),
+        (777, 100, 50)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("length", "tile", "overlap"), AXES)
 def test_tiles_cover_the_axis_with_the_overlap(length, tile, overlap):
     starts = tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] == max(length - tile, 0)
     ends = [min(s + tile, length) for s in starts]
     assert ends[-1] == length
-    for (s0, e0), s1 in zip(zip(starts, ends, strict=True), starts[1:], strict=False):
-        assert e0 - s1 >= overlap  # neighbours share at least `overlap` pixels
+    for end, next_start in zip(ends, starts[1:], strict=False):
+        assert end - next_start >= overlap  # neighbours share at least `overlap` pixels
 
 
 def test_an_image_that_fits_the_input_is_one_tile_and_plain_sam_predictor(model, image):
@@ -144,10 +146,30 @@ def test_a_16_bit_image_is_scaled_once_for_all_tiles(model):
                                         points=[[100, 100]]))  # fmt: skip
 
 
+def test_clicks_on_the_first_row_and_boxes_ending_at_the_edge_stay_in_a_tile(model):
+    """From a new user's break test: a napari click on the first row can be at -0.4 (pixel
+    0 spans -0.5..0.5), and a box with an exclusive end (skimage's regionprops) reaches
+    the image's edge; both fell back to the whole image."""
+    image = data.immunohistochemistry()  # 512 x 512: tiles start at 0, 128, 256
+    predictor = TiledPredictor(model)
+    predictor.set_image(image)
+    predictor.predict(points=[[-0.4, 10]])
+    assert predictor.last_tile == (0, 0, 256, 256)
+    predictor.predict(box=[480, 100, 512, 150])
+    assert predictor.last_tile == (256, 0, 512, 256)
+    predictor.predict(points=[[255.7, 10]])  # pixel 256: not in the first tile row
+    assert predictor.last_tile == (128, 0, 384, 256)
+
+
 def test_bad_settings_and_order(model):
-    with pytest.raises(ValueError, match="tile must be at least 32"):
-        TiledPredictor(model, tile=16)
-    with pytest.raises(ValueError, match="overlap must be in"):
-        TiledPredictor(model, overlap=200)
+    for tile in (16, 128.5, True):
+        with pytest.raises(ValueError, match="tile must be a whole number"):
+            TiledPredictor(model, tile=tile)
+    for overlap in (200, -1, 64.5):
+        with pytest.raises(ValueError, match="overlap must be a whole number"):
+            TiledPredictor(model, overlap=overlap)
+    for max_tiles in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="max_tiles must be an integer"):
+            TiledPredictor(model, max_tiles=max_tiles)
     with pytest.raises(RuntimeError, match="set_image"):
         TiledPredictor(model).predict(points=[[1, 1]])

@@ -244,6 +244,10 @@ def _segment(args: argparse.Namespace) -> int:
     from .zoo import load_model
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"napari-sam: --out {out} is a file, not a folder; nothing written.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     inputs = [Path(p).resolve() for p in args.images]
     missing = [str(p) for p in inputs if not p.is_file()]
     if missing:
@@ -278,7 +282,12 @@ def _segment(args: argparse.Namespace) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     for source, target in zip(inputs, targets, strict=True):
-        image = np.asarray(_read_array(str(source)))
+        try:
+            image = np.asarray(_read_array(str(source)))
+        except (OSError, ValueError) as error:  # not an image file, or a damaged one
+            print(f"napari-sam: {source.name}: cannot read it as an image ({error}); the "
+                  "files before it are written, the rest not.", file=sys.stderr)  # fmt: skip
+            return 2
         rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoObjectsWarning)
@@ -347,7 +356,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     segment.add_argument("--out", required=True, metavar="DIR", help="folder for the labels")
-    segment.add_argument("--model", default="tiny_cells", help="model name or checkpoint")
+    segment.add_argument("--model", default="tiny_cells",
+                         help="model name or checkpoint (default tiny_cells)")  # fmt: skip
     segment.add_argument("--method", choices=("amg", "ais"), default=None,
                          help="ais: the model's instance head (default where the model has "
                          "one); amg: grid of point prompts")

@@ -329,6 +329,12 @@ def test_link_axis_of_a_time_lapse_links_z_within_each_time_point(model):
     assert {int(labels[DRIFT[z][0][0], z, DRIFT[z][0][1]]) for z in range(4)} == {1}
 
 
+@pytest.mark.parametrize("shape", [(0, 40, 40), (2, 0, 5), (3, 4, 0)])
+def test_empty_data_is_a_clear_error(model, shape):
+    with pytest.raises(ValueError, match="The data is empty"):
+        segment_everything_slices(model, np.zeros(shape, np.uint8), method="amg")
+
+
 def test_a_stack_with_no_object_says_why_once(model):
     """Every slice decoded, none passes the filters: one warning for the whole stack,
     with the scores seen over all slices (the stand-in predicts 0.95 or 0) and what to

@@ -201,6 +201,8 @@ def segment_everything_slices(
     if rgb is None:
         rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
     shape = tuple(data.shape[:-1] if rgb else data.shape)
+    if 0 in shape:
+        raise ValueError(f"The data is empty (shape {tuple(data.shape)}): nothing to segment.")
     views = slice_views(shape, displayed)
     link = None
     if link_axis is not None:
