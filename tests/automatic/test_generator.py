@@ -15,7 +15,7 @@ from skimage.measure import label
 
 from napari_sam import AutomaticMaskGenerator, MaskRecord, masks_to_labels
 from napari_sam.automatic import GenerationCancelled, crop_boxes
-from napari_sam.automatic import generator as generator_module
+from napari_sam.automatic import resampling as resampling_module
 from napari_sam.automatic.mask_ops import mask_bbox, nms, remove_small_regions
 from napari_sam.automatic.resampling import (
     Resampling,
@@ -142,7 +142,7 @@ def test_same_masks_as_meta_after_nms(
     take either path (windows around small objects, block bounds for large ones) or
     each path for every candidate."""
     if window_share is not None:
-        monkeypatch.setattr(generator_module, "_WINDOW_SHARE", window_share)
+        monkeypatch.setattr(resampling_module, "_WINDOW_SHARE", window_share)
     params = dict(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ours, theirs = generate_both(cells_model, meta_cells_model, nuclei, **params)
     assert_same_records(ours, theirs, least=600, most_empty=10)

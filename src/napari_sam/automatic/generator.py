@@ -38,24 +38,7 @@ from .grid import crop_boxes, near_crop_edge, point_grid
 from .mask_ops import crop_to_box, nms, remove_small_regions
 from .records import MaskRecord, inclusive_box
 from .report import ScoreReport
-from .resampling import (
-    Resampling,
-    candidate_windows,
-    logit_statistics,
-    upscaled_statistics,
-    windowed_statistics,
-)
-
-# A candidate whose logits straddle a threshold in more than this fraction of the
-# blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
-_SPARSE_LIMIT = 0.1
-_CHUNK = 16  # candidates whose low-res logits are examined at a time
-# A candidate whose window (the pixels that can pass a threshold) is at most this share
-# of the image is upscaled inside it; a larger one is evaluated at its boundary only.
-_WINDOW_SHARE = 0.25
-# Float rounding of a convex combination: a margin below the lowest threshold.
-_FLOOR_MARGIN = 1e-3
-
+from .resampling import Resampling, image_statistics
 
 # The widget's defaults, for microscopy: Meta's thresholds (0.88 / 0.95, the class's
 # defaults, kept for parity with SamAutomaticMaskGenerator) drop many faint or textured
@@ -332,7 +315,8 @@ class AutomaticMaskGenerator:
 
         resampling = self._resampling(embedding)
         threshold, offset = self.model.mask_threshold, self.stability_score_offset
-        counts, boxes = self._statistics(low, resampling, threshold, offset)
+        levels = (threshold - offset, threshold, threshold + offset)
+        counts, boxes = image_statistics(low, resampling, levels, threshold)
         stability = counts[:, 2].double() / counts[:, 0].double()
         self.last_report.add(all_iou.cpu().numpy(), stability.cpu().numpy())
         keep = torch.ones_like(iou, dtype=torch.bool)
@@ -349,52 +333,6 @@ class AutomaticMaskGenerator:
             boxes[keep],
             points[point_index[keep]],
         )
-
-    def _statistics(
-        self,
-        low: torch.Tensor,
-        resampling: Resampling,
-        threshold: float,
-        offset: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel counts above (threshold - offset, threshold, threshold + offset) and
-        boxes of the masks, at the crop's resolution: small objects upscaled inside
-        their windows; large ones exactly via block bounds where the logits are regular,
-        via upscaling in pieces bounded by pixels where they are not."""
-        levels = (threshold - offset, threshold, threshold + offset)
-        counts = torch.zeros(len(low), 3, dtype=torch.int64, device=low.device)
-        boxes = torch.zeros(len(low), 4, dtype=torch.int64, device=low.device)
-        windows = candidate_windows(low, resampling, min(levels) - _FLOOR_MARGIN)
-        pixels = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
-        small = pixels <= _WINDOW_SHARE * resampling.shape[0] * resampling.shape[1]
-        index = torch.nonzero(small & (pixels > 0))[:, 0]
-        counts[index], boxes[index] = windowed_statistics(
-            low[index], resampling, levels, threshold, windows[index]
-        )
-        large = torch.nonzero(~small)[:, 0]
-        for start in range(0, len(large), _CHUNK):
-            chunk = large[start : start + _CHUNK]
-            part = low[chunk]
-            regular = self._regular(part, resampling, levels)
-            for method, chosen in ((logit_statistics, regular), (upscaled_statistics, ~regular)):
-                if chosen.any():
-                    counts[chunk[chosen]], boxes[chunk[chosen]] = method(
-                        part[chosen], resampling, levels, threshold
-                    )
-        return counts, boxes
-
-    @staticmethod
-    def _regular(low: torch.Tensor, resampling: Resampling, levels) -> torch.Tensor:
-        """Which candidates have few blocks that straddle a level (cheap to evaluate)."""
-        rows, cols = resampling.rows, resampling.cols
-        # A cheap look: neighbouring low-res logits on either side of a level.
-        part = low[:, : rows.n_low, : cols.n_low]
-        crossings = torch.zeros(len(part), device=part.device)
-        for t in levels:
-            above = part > t
-            crossings += (above[:, 1:, :] != above[:, :-1, :]).sum((1, 2))
-            crossings += (above[:, :, 1:] != above[:, :, :-1]).sum((1, 2))
-        return crossings < _SPARSE_LIMIT * part.shape[1] * part.shape[2]
 
     def _records(self, per_crop, order, shape) -> list[MaskRecord]:
         """Each kept candidate upscaled inside its box (grown by a pixel, against float

@@ -28,6 +28,11 @@ class ScoreReport:
         self.predicted_iou.append(np.asarray(predicted_iou, np.float32).ravel())
         self.stability.append(np.asarray(stability, np.float32).ravel())
 
+    def extend(self, other: ScoreReport) -> None:
+        """Add the scores another report saw (e.g. another slice's)."""
+        self.predicted_iou += other.predicted_iou
+        self.stability += other.stability
+
     def why_empty(self, pred_iou_thresh: float, stability_score_thresh: float) -> str:
         """Why no mask passed, with the scores seen and a threshold that would pass
         the best tenth of the candidates."""

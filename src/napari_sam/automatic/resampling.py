@@ -33,6 +33,15 @@ from dataclasses import dataclass
 
 import torch
 
+# A candidate whose window (the pixels that can pass a threshold) is at most this share
+# of the image is upscaled inside it; a larger one is evaluated at its boundary only.
+_WINDOW_SHARE = 0.25
+# Float rounding of a convex combination: a margin below the lowest threshold.
+_FLOOR_MARGIN = 1e-3
+# A large candidate whose logits straddle a threshold in more than this fraction of the
+# blocks is upscaled directly: evaluating its boundary pixel by pixel would cost more.
+_SPARSE_LIMIT = 0.1
+_CHUNK = 16  # large candidates whose low-res logits are examined at a time
 
 def linear_resize_matrix(in_size: int, out_size: int) -> torch.Tensor:
     """(out_size, in_size) float64 matrix of 1D bilinear resizing as done by
@@ -330,11 +339,53 @@ def windowed_statistics(
             above = logits > t
             counts[i, k] = above.sum()
             if t == box_threshold and counts[i, k] > 0:
-                hit_r = torch.nonzero(above.any(1))[:, 0]
-                hit_c = torch.nonzero(above.any(0))[:, 0]
-                boxes[i] = torch.stack([hit_r[0] + r0, hit_c[0] + c0, hit_r[-1] + r0,
-                                        hit_c[-1] + c0])  # fmt: skip
+                origin = torch.tensor([r0, c0, r0, c0], device=boxes.device)
+                boxes[i] = masks_to_boxes(above[None])[0] + origin
     return counts, boxes
+
+
+def image_statistics(
+    low: torch.Tensor, resampling: Resampling, thresholds: tuple[float, ...], box_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logit_statistics` of (N, h, w) low-res logits by the cheapest exact route for each
+    candidate: objects small against the image upscaled inside their windows
+    (`windowed_statistics`); large ones via block bounds where the logits are regular,
+    via upscaling in pieces bounded by pixels where they are not."""
+    counts = torch.zeros(len(low), len(thresholds), dtype=torch.int64, device=low.device)
+    boxes = torch.zeros(len(low), 4, dtype=torch.int64, device=low.device)
+    windows = candidate_windows(low, resampling, min(thresholds) - _FLOOR_MARGIN)
+    pixels = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
+    small = pixels <= _WINDOW_SHARE * resampling.shape[0] * resampling.shape[1]
+    index = torch.nonzero(small & (pixels > 0))[:, 0]
+    counts[index], boxes[index] = windowed_statistics(
+        low[index], resampling, thresholds, box_threshold, windows[index]
+    )
+    large = torch.nonzero(~small)[:, 0]
+    for start in range(0, len(large), _CHUNK):
+        chunk = large[start : start + _CHUNK]
+        part = low[chunk]
+        regular = _regular(part, resampling, thresholds)
+        for method, chosen in ((logit_statistics, regular), (upscaled_statistics, ~regular)):
+            if chosen.any():
+                counts[chunk[chosen]], boxes[chunk[chosen]] = method(
+                    part[chosen], resampling, thresholds, box_threshold
+                )
+    return counts, boxes
+
+
+def _regular(low: torch.Tensor, resampling: Resampling, levels) -> torch.Tensor:
+    """Which candidates have few blocks that straddle a level (cheap to evaluate)."""
+    rows, cols = resampling.rows, resampling.cols
+    # A cheap look: neighbouring low-res logits on either side of a level.
+    part = low[:, : rows.n_low, : cols.n_low]
+    crossings = torch.zeros(len(part), device=part.device)
+    for t in levels:
+        above = part > t
+        crossings += (above[:, 1:, :] != above[:, :-1, :]).sum((1, 2))
+        crossings += (above[:, :, 1:] != above[:, :, :-1]).sum((1, 2))
+    return crossings < _SPARSE_LIMIT * part.shape[1] * part.shape[2]
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Inclusive boxes (N, 4) of (N, H, W) bool masks; zeros for an empty mask."""
     if masks.numel() == 0:

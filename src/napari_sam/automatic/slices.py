@@ -225,8 +225,7 @@ def segment_everything_slices(
         labels[mask_indices(found, view.displayed, view.slice_index, len(shape))] = plane[found]
         report = getattr(generator, "last_report", None)  # a new one per decoded slice
         if report is not None and report is not last_report:
-            seen.predicted_iou += report.predicted_iou
-            seen.stability += report.stability
+            seen.extend(report)
             last_report = report
     if not labels.any():
         _warn_nothing_found(generator, seen, len(views))
@@ -240,13 +239,13 @@ def segment_everything_slices(
 
 def _warn_nothing_found(generator, seen: ScoreReport, n_views: int) -> None:
     """One `NoObjectsWarning` for a stack where no slice has an object, saying why."""
+    if not isinstance(generator, AutomaticMaskGenerator):
+        return  # the instance head found no foreground: a result, as for one image
     where = f"any of the {n_views} slices" if n_views > 1 else "the image"
-    if not seen.predicted_iou and isinstance(generator, AutomaticMaskGenerator):
-        why = "Every slice is blank (one value throughout)."
-    elif isinstance(generator, AutomaticMaskGenerator):
+    if seen.predicted_iou:
         why = seen.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh)
     else:
-        return  # the instance head found no foreground: a result, as for one image
+        why = "Every slice is blank (one value throughout)."
     warnings.warn(NoObjectsWarning(f"No object was found in {where}. {why}"), stacklevel=3)
 
 
