@@ -28,7 +28,15 @@ from .image import to_uint8_rgb
 from .model import Sam
 from .predictor import ImageEmbedding, Prediction, SamPredictor, embed_image
 
-__all__ = ["TiledPredictor", "tile_starts"]
+__all__ = [
+    "TiledPredictor",
+    "choose_tile",
+    "paste_into",
+    "prompt_corners",
+    "tile_grid",
+    "tile_holds",
+    "tile_starts",
+]
 
 Tile = tuple[int, int, int, int]
 
@@ -41,6 +49,77 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
         return [0]
     count = int(np.ceil((length - tile) / (tile - overlap))) + 1
     return sorted({round(float(v)) for v in np.linspace(0, length - tile, count)})
+
+
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
+    """Every tile of an image of (height, width) `shape`, row by row, as (min_row,
+    min_col, max_row, max_col) with exclusive ends; tiles at the image's end are cut to
+    it, so an image smaller than a tile is one tile of its own size."""
+    height, width = (int(n) for n in shape)
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    return [(r, c, min(r + tile, height), min(c + tile, width)) for r in rows for c in cols]
+
+
+def prompt_corners(points, boxes, shape: tuple[int, int]) -> np.ndarray:
+    """(K, 2) (row, col) of every point ((N, 2)) and box corner (a box (4,) or boxes
+    (M, 4)), the prompts' extent. Box corners are moved onto the image's first and last
+    pixels: a box ending on or past the image's edge (an exclusive end) still fits a
+    tile there. Malformed prompts are left out (the predictor's checks name them)."""
+    parts = []
+    for value, clip in ((points, False), (boxes, True)):
+        if value is None:
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if array.size % 2 == 0 and array.size:
+            array = array.reshape(-1, 2)
+            if clip:
+                array = np.clip(array, 0, np.array(shape[:2]) - 1)
+            parts.append(array)
+    return np.concatenate(parts) if parts else np.zeros((0, 2))
+
+
+def choose_tile(tiles: list[Tile], corners: np.ndarray, shape: tuple[int, int]) -> Tile | None:
+    """The tile holding every (row, col) of `corners` with the most room around their
+    centre (room towards the image's own edge does not count), or None when no tile
+    holds them all (or there are none, or they are not finite)."""
+    if len(corners) == 0 or not np.isfinite(corners).all():
+        return None
+    centre = (corners.min(0) + corners.max(0)) / 2
+    height, width = shape[:2]
+    best, best_room = None, -np.inf
+    for tile in tiles:
+        if not tile_holds(tile, corners):
+            continue
+        room = [np.inf]
+        if tile[0] > 0:
+            room.append(centre[0] - tile[0])
+        if tile[1] > 0:
+            room.append(centre[1] - tile[1])
+        if tile[2] < height:
+            room.append(tile[2] - centre[0])
+        if tile[3] < width:
+            room.append(tile[3] - centre[1])
+        if min(room) > best_room:
+            best, best_room = tile, min(room)
+    return best
+
+
+def tile_holds(tile: Tile, corners: np.ndarray) -> bool:
+    """Whether every (row, col) lies on a pixel of the tile (pixel i spans i - 0.5 to
+    i + 0.5, as in napari: a click on the first row may be at row -0.4)."""
+    rows, cols = corners[:, 0], corners[:, 1]
+    return bool(
+        np.all((rows >= tile[0] - 0.5) & (rows < tile[2] - 0.5))
+        and np.all((cols >= tile[1] - 0.5) & (cols < tile[3] - 0.5))
+    )
+
+
+def paste_into(masks: np.ndarray, tile: Tile, shape: tuple[int, int]) -> np.ndarray:
+    """(..., tile rows, tile cols) masks placed in image-sized (..., H, W) bool arrays,
+    False outside the tile."""
+    full = np.zeros((*masks.shape[:-2], *shape[:2]), bool)
+    full[..., tile[0] : tile[2], tile[1] : tile[3]] = masks
+    return full
 
 
 class TiledPredictor:
@@ -96,13 +175,7 @@ class TiledPredictor:
         """Keep an (H, W), (H, W, 3) or (H, W, 4) image of any dtype, scaled to uint8 once
         for the whole image (see `napari_sam.image`), so that the tiles agree."""
         self._rgb = to_uint8_rgb(image)
-        height, width = self._rgb.shape[:2]
-        rows = tile_starts(height, self.tile, self.overlap)
-        cols = tile_starts(width, self.tile, self.overlap)
-        side = self.tile
-        self._tiles = [
-            (r, c, min(r + side, height), min(c + side, width)) for r in rows for c in cols
-        ]
+        self._tiles = tile_grid(self._rgb.shape[:2], self.tile, self.overlap)
         self._embeddings.clear()
         self.last_tile = None
 
@@ -124,16 +197,16 @@ class TiledPredictor:
         whose tile does not hold these prompts, and `SamPredictor.predict`'s errors."""
         if self._rgb is None:
             raise RuntimeError("No image is set: call set_image(image) before predict().")
-        corners = self._prompt_corners(points, box, self._rgb.shape[:2])
+        corners = prompt_corners(points, box, self._rgb.shape[:2])
         if mask_input is not None:
             tile = self.last_tile
-            if tile is not None and not _holds(tile, corners):
+            if tile is not None and not tile_holds(tile, corners):
                 raise ValueError(
                     f"mask_input is the low-res logits of the previous prediction's tile {tile}, "
                     "which does not hold these prompts: predict without mask_input."
                 )
         else:
-            tile = self._choose(corners)
+            tile = choose_tile(self._tiles, corners, self._rgb.shape[:2])
         origin = np.zeros(2) if tile is None else np.array(tile[:2], np.float64)
         self._decoder.image_embedding = self._embedding(tile)
         local_points = None if points is None else np.asarray(points, np.float64) - origin
@@ -144,52 +217,9 @@ class TiledPredictor:
         self.last_tile = tile
         if tile is None:
             return Prediction(masks, scores, low_res)
-        full = np.zeros((len(masks), *self._rgb.shape[:2]), bool)
-        full[:, tile[0] : tile[2], tile[1] : tile[3]] = masks
-        return Prediction(full, scores, low_res)
+        return Prediction(paste_into(masks, tile, self._rgb.shape[:2]), scores, low_res)
 
     # -- steps ---------------------------------------------------------------------
-    @staticmethod
-    def _prompt_corners(points, box, shape: tuple[int, int]) -> np.ndarray:
-        """(K, 2) (row, col) of every point and box corner (errors are SamPredictor's).
-        Box corners are moved onto the image's first and last pixels: a box whose end lies
-        on or past the image's edge (an exclusive end) still fits a tile there."""
-        parts = []
-        for value, clip in ((points, False), (box, True)):
-            if value is None:
-                continue
-            array = np.asarray(value, dtype=np.float64)
-            if array.size % 2 == 0 and array.size:
-                array = array.reshape(-1, 2)
-                if clip:
-                    array = np.clip(array, 0, np.array(shape) - 1)
-                parts.append(array)
-        return np.concatenate(parts) if parts else np.zeros((0, 2))
-
-    def _choose(self, corners: np.ndarray) -> Tile | None:
-        """The tile holding every corner with the most room around their centre (room
-        towards the image's own edge does not count), or None when no tile holds them."""
-        if len(corners) == 0 or not np.isfinite(corners).all():
-            return None
-        centre = (corners.min(0) + corners.max(0)) / 2
-        height, width = self._rgb.shape[:2]
-        best, best_room = None, -np.inf
-        for tile in self._tiles:
-            if not _holds(tile, corners):
-                continue
-            room = [np.inf]
-            if tile[0] > 0:
-                room.append(centre[0] - tile[0])
-            if tile[1] > 0:
-                room.append(centre[1] - tile[1])
-            if tile[2] < height:
-                room.append(tile[2] - centre[0])
-            if tile[3] < width:
-                room.append(tile[3] - centre[1])
-            if min(room) > best_room:
-                best, best_room = tile, min(room)
-        return best
-
     def _embedding(self, tile: Tile | None) -> ImageEmbedding:
         """The tile's embedding (None: the whole image's), encoded on first use."""
         if tile in self._embeddings:
@@ -201,16 +231,6 @@ class TiledPredictor:
         while len(self._embeddings) > self.max_tiles:
             self._embeddings.popitem(last=False)
         return embedding
-
-
-def _holds(tile: Tile, corners: np.ndarray) -> bool:
-    """Whether every (row, col) lies on a pixel of the tile (pixel i spans i - 0.5 to
-    i + 0.5, as in napari: a click on the first row may be at row -0.4)."""
-    rows, cols = corners[:, 0], corners[:, 1]
-    return bool(
-        np.all((rows >= tile[0] - 0.5) & (rows < tile[2] - 0.5))
-        and np.all((cols >= tile[1] - 0.5) & (cols < tile[3] - 0.5))
-    )
 
 
 def _is_int(value) -> bool:
