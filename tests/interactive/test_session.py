@@ -290,7 +290,7 @@ def test_encoder_weights_changed_in_place_are_not_served_old_embeddings(model):
     from tests.reference import TINY, randomize_
 
     own = randomize_(build_sam(TINY).eval(), seed=3)  # this test edits its weights
-    session = AnnotationSession(own)
+    session = AnnotationSession(own, tiled=False)  # the whole view's embedding
     session.set_image(coins())
     session.compute_embedding()
     before = session.embedding_for(session.embedding_key()).features.clone()

@@ -10,7 +10,7 @@ from .candidates import (
     rank_candidates,
 )
 from .commit import CommitError, CommitPlan, plan_commit
-from .embedded_view import EmbeddingResult, make_view_reader
+from .embedded_view import EmbeddingResult, frame_key, make_view_reader
 from .session import AnnotationSession
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "EmbeddingResult",
     "PromptSet",
     "best_index",
+    "frame_key",
     "make_view_reader",
     "plan_commit",
     "prompts_grew",

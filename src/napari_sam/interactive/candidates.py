@@ -26,14 +26,16 @@ CANDIDATE_NAMES = ("whole", "part", "subpart")
 
 class Candidate:
     """One candidate mask: its name, the (H, W) bool mask, the predicted IoU, and the
-    low-res logits it came from (to refine a later prediction). `mask` may be given as a
-    function that makes it: it is then made on first access (most candidates are never
-    shown, and upscaling is a large part of a click)."""
+    low-res logits it came from (to refine a later prediction), which belong to `tile`,
+    the (min_row, min_col, max_row, max_col) part of the view it was decoded in (None:
+    the whole view). `mask` may be given as a function that makes it: it is then made
+    on first access (most candidates are never shown, and upscaling is a large part of
+    a click)."""
 
-    __slots__ = ("_make_mask", "_mask", "iou", "logits", "name")
+    __slots__ = ("_make_mask", "_mask", "iou", "logits", "name", "tile")
 
-    def __init__(self, name: str, mask, iou: float, logits: np.ndarray) -> None:
-        self.name, self.iou, self.logits = name, float(iou), logits
+    def __init__(self, name: str, mask, iou: float, logits: np.ndarray, tile=None) -> None:
+        self.name, self.iou, self.logits, self.tile = name, float(iou), logits, tile
         self._make_mask = mask if callable(mask) else None
         self._mask = None if callable(mask) else np.asarray(mask, dtype=bool)
 
@@ -54,24 +56,25 @@ class Candidate:
         return f"Candidate({self.name!r}, iou={self.iou:.3f})"
 
 
-def rank_candidates(masks, scores, logits, areas=None) -> list[Candidate]:
+def rank_candidates(masks, scores, logits, areas=None, tile=None) -> list[Candidate]:
     """Candidates ordered by area, largest first. Three masks (one ambiguous prompt) are
     named whole, part, subpart; a single mask is named "mask". Ties keep SAM's order.
 
     `masks`: (M, H, W) bool, or M functions making them (see `Candidate`); `areas`: (M,)
-    areas to order by (default: the masks' pixel counts)."""
+    areas to order by (default: the masks' pixel counts); `tile`: where they were
+    decoded (see `Candidate`)."""
     scores = np.asarray(scores, dtype=float)
     logits = np.asarray(logits)
     if not callable(masks[0]):
         masks = np.asarray(masks, dtype=bool)
     if len(masks) == 1:
-        return [Candidate("mask", masks[0], float(scores[0]), logits[0])]
+        return [Candidate("mask", masks[0], float(scores[0]), logits[0], tile)]
     if areas is None:
         areas = np.asarray(masks).reshape(len(masks), -1).sum(axis=1)
     order = np.argsort(-np.asarray(areas), kind="stable")
     names = CANDIDATE_NAMES if len(masks) == 3 else [f"mask {i}" for i in range(len(masks))]
     return [
-        Candidate(name, masks[i], float(scores[i]), logits[i])
+        Candidate(name, masks[i], float(scores[i]), logits[i], tile)
         for name, i in zip(names, order, strict=True)
     ]
 

@@ -9,9 +9,12 @@ keys it builds are shared with automatic segmentation over slices, so that click
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,7 +22,9 @@ import numpy as np
 from ..embeddings import EmbeddingCache, fingerprint
 from ..view import ViewSpec, extract_view
 
-__all__ = ["EmbeddedView", "EmbeddingResult", "make_view_reader", "model_id_of"]
+__all__ = ["EmbeddedView", "EmbeddingResult", "frame_key", "make_view_reader", "model_id_of"]
+
+_VIEW_TILES_KEPT = 32  # tile embeddings of the view kept whatever the cache's budget
 
 # A model's id in embedding keys: the same for the same model object, so sessions sharing
 # a cache share its embeddings, and never reused for another model.
@@ -39,12 +44,23 @@ def model_id_of(model) -> tuple[int, int]:
 
 
 class EmbeddingResult(NamedTuple):
-    """What an embedding job returns: the cache key, the embedding, and the lazy view it
-    read (remembered only if its pixels were not reported changed meanwhile)."""
+    """What an embedding job returns: the cache key of the view, its embedding (None
+    when only tiles were needed), the lazy view it read (remembered only if its pixels
+    were not reported changed meanwhile), and the embeddings of tiles of the view,
+    {(min_row, min_col, max_row, max_col): embedding}."""
 
     key: tuple | None
     embedding: Any
     lazy_view: tuple | None
+    tiles: Mapping[tuple, Any] = MappingProxyType({})  # read-only: shared default
+
+
+def frame_key(key: tuple | None, frame: tuple | None) -> tuple | None:
+    """The cache key of a tile `frame` of the view whose key is `key` (the view's own key
+    for frame None): it keeps the view's fingerprint and ends with the same model id."""
+    if key is None or frame is None:
+        return key
+    return (key[0], (key[1], ("tile", *(int(v) for v in frame))), key[-1])
 
 
 def make_view_reader(data, rgb: bool = False, channel_axis: int | None = None,
@@ -80,9 +96,16 @@ class EmbeddedView:
         self._fingerprints: dict[tuple, tuple] = {}  # lazy views read: id -> (hash, where)
         self._pixels_generation = 0
         self._current: tuple[tuple, Any] | None = None  # (key, embedding) of the view
+        self._view_tiles: OrderedDict[tuple, Any] = OrderedDict()  # tile key -> embedding
 
     def clear(self) -> None:
         """Drop what depends on the view (prompts, candidates)."""
+
+    def embedding_frames(self) -> list[tuple | None]:
+        """Where the next decoding needs an embedding: None for the whole view, or
+        (min_row, min_col, max_row, max_col) tiles of it (`AnnotationSession` decodes
+        prompts in tiles)."""
+        return [None]
 
     def _require_model(self):
         if self._model is None:
@@ -157,6 +180,13 @@ class EmbeddedView:
         read, view = make_view_reader(self._data, **self._read_options), self._view
         return lambda: read(view)
 
+    def view_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the view, without reading lazy data."""
+        if self._data is None:
+            raise ValueError("No image: call set_image(image) first.")
+        rows, cols = self._view.displayed
+        return int(self._data.shape[rows]), int(self._data.shape[cols])
+
     @property
     def model_id(self) -> tuple[int, int] | None:
         """The model's id in embedding keys: the same for the same model object with the
@@ -192,56 +222,92 @@ class EmbeddedView:
 
     # -- embedding ---------------------------------------------------------------------
     def embedding_for(self, key):
-        """The embedding stored under `key`: the current view's, or one in the cache."""
+        """The embedding stored under `key` (see `frame_key` for a tile's): the current
+        view's, one of its tiles', or one in the cache."""
         current = self._current
         if key is not None and current is not None and current[0] == key:
             return current[1]
+        if key in self._view_tiles:
+            return self._view_tiles[key]
         return None if key is None else self.cache.get(key)
 
     @property
     def has_embedding(self) -> bool:
-        """Whether the current view's pixels have an embedding (nothing to compute)."""
-        return self.embedding_for(self.embedding_key()) is not None
+        """Whether the current view's pixels have the embeddings the next decoding needs
+        (see `embedding_frames`): nothing to compute."""
+        key = self.embedding_key()
+        return key is not None and all(
+            self.embedding_for(frame_key(key, frame)) is not None
+            for frame in self.embedding_frames()
+        )
 
     def embedding_job(self) -> Callable[..., EmbeddingResult]:
         """A function `job(on_block=None) -> EmbeddingResult` that reads the view (lazy
-        data), hashes it and embeds it unless the cache has it. It touches no session
-        state, so a worker thread may run it; give its result to `store_embedding`.
-        `on_block(done, total)` is called between encoder blocks; an exception raised
-        there stops the encoder and propagates."""
+        data), hashes it and embeds it, or the tiles of it the next decoding needs
+        (`embedding_frames`), unless the cache has them. It touches no session state, so
+        a worker thread may run it; give its result to `store_embedding`.
+        `on_block(done, total)` is called between encoder blocks (counted over all the
+        frames); an exception raised there stops the encoder and propagates."""
+        from ..image import to_uint8_rgb
         from ..predictor import embed_image
 
         model, model_id = self._require_model(), self.model_id
         read, key = self.view_reader(), self.embedding_key()
         lazy_view = (self._lazy_id(), self._pixels_generation) if self.is_lazy else None
-        embedding_for = self.embedding_for
+        embedding_for, frames = self.embedding_for, self.embedding_frames()
 
         def job(on_block: Callable[[int, int], None] | None = None) -> EmbeddingResult:
             pixels, where = read()
             found = (fingerprint(pixels), where, model_id) if key is None else key
-            embedding = embedding_for(found)
-            if embedding is None:
-                embedding = embed_image(model, pixels, on_block)
-            return EmbeddingResult(found, embedding, lazy_view)
+            whole, tiles, rgb = None, {}, None
+            for number, frame in enumerate(frames):
+                embedding = embedding_for(frame_key(found, frame))
+                if embedding is None:
+                    report = None if on_block is None else functools.partial(
+                        _report_frame, on_block, number, len(frames))  # fmt: skip
+                    if frame is None:
+                        embedding = embed_image(model, pixels, report)
+                    else:  # scaled to uint8 over the whole view, so that the tiles agree
+                        rgb = to_uint8_rgb(pixels) if rgb is None else rgb
+                        crop = rgb[frame[0] : frame[2], frame[1] : frame[3]]
+                        embedding = embed_image(model, crop, report)
+                if frame is None:
+                    whole = embedding
+                else:
+                    tiles[frame] = embedding
+            return EmbeddingResult(found, whole, lazy_view, tiles)
 
         return job
 
     def store_embedding(self, result: EmbeddingResult) -> bool:
         """Keep a job's embedding as the current view's and in the cache. Returns False
         (and keeps nothing) when the model changed since the job started."""
-        key, embedding, lazy_view = result
-        if embedding is None or key[-1] != self.model_id:
+        key, embedding, lazy_view, tiles = result
+        if (embedding is None and not tiles) or key[-1] != self.model_id:
             return False
         if lazy_view is not None and lazy_view[1] == self._pixels_generation:
             self._fingerprints[lazy_view[0]] = key[:-1]
-        self._current = (key, embedding)
-        self.cache.put(key, embedding)
+        if embedding is not None:
+            self._current = (key, embedding)
+            self.cache.put(key, embedding)
+        for frame, tile_embedding in tiles.items():
+            tile_key = frame_key(key, frame)
+            self._view_tiles[tile_key] = tile_embedding
+            self._view_tiles.move_to_end(tile_key)
+            self.cache.put(tile_key, tile_embedding)
+        while len(self._view_tiles) > _VIEW_TILES_KEPT:
+            self._view_tiles.popitem(last=False)
         return True
 
     def compute_embedding(self) -> None:
         """Embed the current view now (in this thread), unless it is embedded already."""
         if not self.has_embedding:
             self.store_embedding(self.embedding_job()())
+
+
+def _report_frame(on_block, number: int, frames: int, done: int, total: int) -> None:
+    """Encoder progress of frame `number` of `frames`, as progress over all of them."""
+    on_block(number * total + done, frames * total)
 
 
 def _view_advice(shape, spatial: int, rgb: bool, index: dict) -> str:

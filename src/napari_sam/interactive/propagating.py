@@ -88,8 +88,10 @@ class PropagatingSession:
         corrected, new, before = set(), [], len(engine)
         for candidate in chosen:
             number = self._object_under(candidate.mask, index, before)
-            # A box's object (one object per box) comes without low-res logits.
-            logits = candidate.logits if np.size(candidate.logits) else None
+            # A box's object (one object per box) comes without low-res logits, and the
+            # logits of a tile are not the whole slice's: the mask stands alone then.
+            usable = np.size(candidate.logits) and candidate.tile is None
+            logits = candidate.logits if usable else None
             if number is None or number in corrected:
                 new.append((candidate.mask, logits))
             else:

@@ -14,7 +14,9 @@ view over one session; a script or notebook drives the same object with numpy ar
 
 Coordinates are (row, col) pixels of the view; boxes (min_row, min_col, max_row, max_col).
 Refinement follows Meta's interactive use of SAM: when prompts are only added, the
-selected candidate's low-res logits go back to the decoder as its mask prompt.
+selected candidate's low-res logits go back to the decoder as its mask prompt. A view
+more than 1.25x the model's input is decoded in tiles at its own resolution (`tiled`,
+see `napari_sam.interactive.tiling`).
 """
 
 from __future__ import annotations
@@ -27,25 +29,32 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..embeddings import EmbeddingCache
+from ..tiled import paste_into
 from ..view import ViewSpec
-from .candidates import Candidate, PromptSet, best_index, prompts_grew, rank_candidates
+from .candidates import Candidate, PromptSet, best_index, rank_candidates
 from .commit import CommitError, CommitPlan, plan_commit, unwritable_reason, view_to_labels
-from .embedded_view import EmbeddedView
+from .embedded_view import EmbeddedView, frame_key
 from .propagating import PropagatingSession
+from .tiling import TiledDecoding
 
 __all__ = ["AnnotationSession"]
 
 
-class AnnotationSession(PropagatingSession, EmbeddedView):
+class AnnotationSession(TiledDecoding, PropagatingSession, EmbeddedView):
     """Interactive SAM on one 2D view at a time. See the module docstring for a script.
 
     Parameters: `model`, a `Sam` (or None, then `set_model` later); `cache`, an
-    `EmbeddingCache` to share between sessions (default: a new 2 GiB one). The embedding
-    of the current view is kept whatever the cache's budget.
+    `EmbeddingCache` to share between sessions (default: a new 2 GiB one); `tiled`:
+    decode prompts in tiles at the view's own resolution when it is larger than the
+    model's input (see `napari_sam.interactive.tiling`). The embedding of the current
+    view (and of its last 32 tiles) is kept whatever the cache's budget.
     """
 
-    def __init__(self, model=None, cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self, model=None, cache: EmbeddingCache | None = None, tiled: bool = True
+    ) -> None:
         self.cache = EmbeddingCache() if cache is None else cache
+        self._tiled = bool(tiled)
         self._per_box = False
         self._model = None
         self._predictor = None
@@ -84,6 +93,7 @@ class AnnotationSession(PropagatingSession, EmbeddedView):
         self._model = model.eval()
         self._predictor = SamPredictor(self._model)
         self._current = None
+        self._view_tiles.clear()
         self._reset_prediction()
         self._stale = self.has_prompts  # the prompts stay, decoded by the new model
 
@@ -164,6 +174,7 @@ class AnnotationSession(PropagatingSession, EmbeddedView):
         self._selected = -1
         self._last_prompts: PromptSet | None = None
         self._last_logits: np.ndarray | None = None
+        self._last_tile: tuple[int, int, int, int] | None = None  # their frame
         self._used = (np.zeros(0, np.intp), np.zeros(0, np.intp))
         self._stale = False
 
@@ -176,48 +187,64 @@ class AnnotationSession(PropagatingSession, EmbeddedView):
             self._reset_prediction()
             return []
         self._require_model()
-        key = self.embedding_key()
-        embedding = self.embedding_for(key)
-        if embedding is None:
+        key, frames = self.embedding_key(), self.embedding_frames()
+        if key is None or any(self.embedding_for(frame_key(key, f)) is None for f in frames):
             result = self.embedding_job()()
             self.store_embedding(result)
-            embedding = result.embedding
-        predictor = self._predictor
-        predictor.image_embedding = embedding
+            key = result.key
         start = time.perf_counter()
         if self.one_object_per_box and n_boxes:
-            masks, scores = predictor.predict_boxes(self._boxes)
-            self._reset_prediction()
-            pairs = enumerate(zip(masks, scores, strict=True))
-            self._objects = [Candidate(f"box {i + 1}", mask, float(score), np.zeros(0))
-                             for i, (mask, score) in pairs]  # fmt: skip
-            self._used = (np.zeros(0, np.intp), np.arange(n_boxes))
+            self._decode_boxes(key)
         else:
-            box = self._boxes[-1] if n_boxes else None
-            prompts = PromptSet.from_arrays(self._points, self._labels, box)
-            grew = self._last_logits is not None and prompts_grew(self._last_prompts, prompts)
-            mask_input = self._last_logits if grew else None
-            if mask_input is None and (self._labels == 0).any():
-                # A negative point on a propagated object cuts its mask there; positive
-                # points alone decode afresh (refining shrank the bundled model's masks).
-                mask_input = self.propagated_logits(self._points)
-            _, scores, logits = predictor.predict(
-                points=self._points if n_points else None,
-                labels=self._labels if n_points else None,
-                box=box,
-                mask_input=mask_input,
-                upscale=False,  # only the candidates looked at are upscaled
-            )
-            makers = [functools.partial(predictor.upscale_masks, low, embedding) for low in logits]
-            self._objects = []
-            self._candidates = rank_candidates(makers, scores, logits,
-                                               predictor.low_res_areas(logits))  # fmt: skip
-            self._selected = best_index(self._candidates)
-            self._last_prompts = prompts
-            self._last_logits = self._candidates[self._selected].logits
-            self._used = (np.arange(n_points), np.arange(n_boxes)[-1:])
+            self._decode_single_object(key)
         self.last_decode_seconds = time.perf_counter() - start
         return self.candidates
+
+    def _decode_boxes(self, key: tuple) -> None:
+        """One object per box, the boxes of each frame decoded in one batch."""
+        predictor, shape = self._predictor, self.view_shape()
+        frames = self.box_frames()
+        masks, scores = [None] * len(frames), [0.0] * len(frames)
+        for frame in dict.fromkeys(frames):
+            chosen = [i for i, f in enumerate(frames) if f == frame]
+            predictor.image_embedding = self.embedding_for(frame_key(key, frame))
+            origin = np.zeros(4) if frame is None else np.tile(frame[:2], 2)
+            frame_masks, frame_scores = predictor.predict_boxes(self._boxes[chosen] - origin)
+            if frame is not None:
+                frame_masks = paste_into(frame_masks, frame, shape)
+            for i, mask, score in zip(chosen, frame_masks, frame_scores, strict=True):
+                masks[i], scores[i] = mask, float(score)
+        self._reset_prediction()
+        self._objects = [Candidate(f"box {i + 1}", mask, score, np.zeros(0), frame)
+                         for i, (mask, score, frame) in enumerate(zip(masks, scores, frames,
+                                                                      strict=True))]  # fmt: skip
+        self._used = (np.zeros(0, np.intp), np.arange(len(frames)))
+
+    def _decode_single_object(self, key: tuple) -> None:
+        """The prompts as one object: three candidates for one point, else one."""
+        predictor, n_points = self._predictor, len(self._points)
+        frame, mask_input = self.single_object_plan()
+        embedding = self.embedding_for(frame_key(key, frame))
+        predictor.image_embedding = embedding
+        origin = np.zeros(2) if frame is None else np.asarray(frame[:2], np.float64)
+        box = self._boxes[-1] if len(self._boxes) else None
+        _, scores, logits = predictor.predict(
+            points=self._points - origin if n_points else None,
+            labels=self._labels if n_points else None,
+            box=None if box is None else box - np.tile(origin, 2),
+            mask_input=mask_input,
+            upscale=False,  # only the candidates looked at are upscaled
+        )
+        makers = [functools.partial(_upscale, predictor, low, embedding, frame,
+                                    self.view_shape()) for low in logits]  # fmt: skip
+        self._objects = []
+        self._candidates = rank_candidates(makers, scores, logits,
+                                           predictor.low_res_areas(logits), frame)  # fmt: skip
+        self._selected = best_index(self._candidates)
+        self._last_prompts = PromptSet.from_arrays(self._points, self._labels, box)
+        self._last_logits = self._candidates[self._selected].logits
+        self._last_tile = frame
+        self._used = (np.arange(n_points), np.arange(len(self._boxes))[-1:])
 
     @property
     def decoded(self) -> bool:
@@ -351,3 +378,9 @@ class AnnotationSession(PropagatingSession, EmbeddedView):
         self._reset_prediction()
         self.set_prompts(self._points[keep_points], self._labels[keep_points],
                          self._boxes[keep_boxes])  # fmt: skip
+
+
+def _upscale(predictor, low_res: np.ndarray, embedding, frame, shape) -> np.ndarray:
+    """The (H, W) mask of the view from a frame's low-res logits (empty outside it)."""
+    mask = predictor.upscale_masks(low_res, embedding)
+    return mask if frame is None else paste_into(mask, frame, shape)
