@@ -28,6 +28,9 @@ def test_segment_everything_writes_a_new_layer_and_later_commits_go_above(make_n
     assert widget.output_layer == layer
     automatic_max = int(layer.data.max())
     add_point(widget, (150, 190))
+    # The click is decoded in a tile of the view (the grid used the whole view): its
+    # embedding is computed first, as after any first click.
+    assert widget.compute_embedding(wait=True)
     widget.overwrite_check.setChecked(True)
     (new_id,) = widget.commit()  # a click afterwards works as before
     assert new_id == automatic_max + 1 == layer.data.max()

@@ -176,6 +176,24 @@ def test_one_object_per_box(widget):
     assert not widget.output_layer.data.any()
 
 
+def test_clicks_decode_in_a_tile_until_in_tiles_is_unticked(widget):
+    """coins is 303 x 384 and the model's input 256 px: four tiles at full resolution."""
+    assert widget.tiled_check.isChecked() and widget.session.tiled
+    add_point(widget, (280, 20))
+    tiled = widget.selected
+    assert tiled.tile == (47, 0, 303, 256)
+    assert "tile of rows 47-302, columns 0-255" in widget.status_label.text()
+    assert not preview_of(widget)[:, 256:].any()  # nothing outside its tile
+    widget.tiled_check.setChecked(False)  # the same prompt, on the whole view resized
+    assert widget.prepare_prompts(wait=True)  # after the whole view's embedding
+    assert widget.session.tiled is False and widget.candidates
+    assert widget.selected.tile is None and "tile" not in widget.status_label.text()
+    whole_view = widget.selected.mask
+    assert not np.array_equal(whole_view, tiled.mask)
+    (new_id,) = widget.commit()
+    np.testing.assert_array_equal(widget.output_layer.data == new_id, whole_view)
+
+
 def test_moving_and_deleting_points_rerun_decoder(widget):
     add_point(widget, (50, 50))
     first = preview_of(widget).copy()

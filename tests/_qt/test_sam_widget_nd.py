@@ -93,8 +93,10 @@ def test_multichannel_view_from_chosen_channels(viewer):
     view = widget.view_reader()(widget.current_view())[0]
     assert view.shape == (*coins().shape, 3)
     assert widget.compute_embedding(wait=True)
-    viewer.dims.set_current_step(0, 0)  # the channel slider: same view, cached embedding
-    assert not widget.busy and len(widget.cache) == 1
+    embedded = len(widget.cache)  # the view's four tiles (303 x 384, 256 px input)
+    assert embedded == len(widget.session.view_tiles()) == 4
+    viewer.dims.set_current_step(0, 0)  # the channel slider: same view, cached embeddings
+    assert not widget.busy and len(widget.cache) == embedded
     add_point(widget, (0, 100, 120))
     assert widget.commit() == [1]
     assert widget.output_layer.data[0, 100, 120] == 1  # at the slider's channel position

@@ -69,13 +69,20 @@ def test_prompt_layer_in_another_frame_is_mapped_through_world(viewer):
 
 @pytest.mark.parametrize("refresh", [True, False])
 def test_pixels_edited_in_place_are_embedded_again(viewer, refresh):
+    from napari_sam.image import to_uint8_rgb
+    from napari_sam.interactive import frame_key
     from napari_sam.predictor import embed_image
 
     image = viewer.add_image(coins().copy(), name="coins")
     widget = open_widget(viewer, disc_model())
     assert widget.compute_embedding(wait=True)
     session = widget.session
-    first = session.embedding_for(session.embedding_key()).features.clone()
+    tile = (0, 0, 256, 256)  # the click below is decoded in this tile of the view
+
+    def embedding():
+        return session.embedding_for(frame_key(session.embedding_key(), tile)).features
+
+    first = embedding().clone()
     other = np.ascontiguousarray(coins()[::-1, ::-1])
     image.data[:] = other
     if refresh:
@@ -83,8 +90,9 @@ def test_pixels_edited_in_place_are_embedded_again(viewer, refresh):
     add_point(widget, (100, 100))
     widget.wait(timeout=60)
     assert widget.candidates  # decoded once the new embedding was ready
-    used = session.embedding_for(session.embedding_key()).features
-    expected = embed_image(widget.model, other).features
+    assert widget.candidates[0].tile == tile
+    used = embedding()
+    expected = embed_image(widget.model, to_uint8_rgb(other)[:256, :256]).features
     assert not np.allclose(used.numpy(), first.numpy())
     np.testing.assert_allclose(used.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 

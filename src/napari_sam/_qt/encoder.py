@@ -27,12 +27,13 @@ class Encoder(OneJobAtATime):
     def start(self, view_options: dict) -> None:
         """Embed the session's current view in a worker, unless that is under way."""
         session, owner = self.session, self.owner
-        job_id = (session.embedding_key() or "lazy", session.view, repr(view_options))
+        frames = tuple(session.embedding_frames())  # the view, or the tiles a click needs
+        job_id = (session.embedding_key() or "lazy", session.view, repr(view_options), frames)
         if self.job is not None and job_id == self._job_id:
             return
         self.cancel()
         embed = session.embedding_job()
-        depth = len(getattr(session.model.image_encoder, "blocks", ())) or 1
+        depth = (len(getattr(session.model.image_encoder, "blocks", ())) or 1) * len(frames)
         started = time.perf_counter()
 
         def work(job: Job):

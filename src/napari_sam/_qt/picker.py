@@ -29,7 +29,13 @@ class CandidatePicker:
     def _show_choice(self) -> None:
         chosen = self.session.selected
         if chosen is not None:
-            self.set_status(f"{chosen.name}: predicted IoU {chosen.iou:.2f}, {chosen.area} px.")
+            where = ""
+            if chosen.tile is not None:  # a mask is cut at its tile's edge: say where that is
+                top, left, bottom, right = chosen.tile
+                where = f" In the tile of rows {top}-{bottom - 1}, columns {left}-{right - 1}."
+            self.set_status(
+                f"{chosen.name}: predicted IoU {chosen.iou:.2f}, {chosen.area} px.{where}"
+            )
             self._choice_shown = True  # cleared with the candidates, see _reset_prediction
 
     @property

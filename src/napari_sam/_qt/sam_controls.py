@@ -122,7 +122,16 @@ def build_controls(w) -> None:
     w.cancel_button = QPushButton("Cancel")
     w.cancel_button.setEnabled(False)
     w.cancel_button.clicked.connect(w.cancel)
-    layout.addLayout(_row(w.compute_button, w.cancel_button))
+    w.tiled_check = QCheckBox("in tiles")
+    w.tiled_check.setChecked(True)
+    w.tiled_check.setToolTip(
+        "Decode each click in a tile of the model's input size at the image's own "
+        "resolution, when the view is more than 1.25x that size (small objects stay "
+        "sharp; an object larger than a tile is cut at its edge: untick for those). "
+        "Without prompts, Compute embedding then embeds every tile."
+    )
+    w.tiled_check.toggled.connect(w._on_tiled_check)
+    layout.addLayout(_row(w.compute_button, w.cancel_button, w.tiled_check))
 
     w.negative_check = QCheckBox("negative points")
     w.negative_check.toggled.connect(w._on_negative_check)

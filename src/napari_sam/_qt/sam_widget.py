@@ -120,6 +120,10 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self.session.one_object_per_box = checked
         self.schedule_update()
 
+    def _on_tiled_check(self, checked: bool) -> None:
+        self.session.tiled = checked
+        self.schedule_update()
+
     # -- model ----------------------------------------------------------------------------
     @property
     def model(self):
@@ -361,6 +365,9 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
                             if ids else "Nothing written: every pixel is labelled already.")
             return ids
         if not self.candidates:
+            if self.session.has_prompts and self.encoder.busy:
+                raise UserError("The embedding is still being computed: commit once the "
+                                "mask shows.")  # fmt: skip
             raise UserError("Nothing to commit: click on an object first.")
         ids = commit_to_layer(self.session, self._image_layer, self.output_layer,
                               self._ensure_output, self.overwrite_check.isChecked(),
