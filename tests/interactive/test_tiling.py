@@ -224,3 +224,23 @@ def test_the_bundled_model_finds_real_nuclei_in_tiles():
         scores[tiled] = float(np.mean(ious))
     assert scores[False] < 0.15
     assert scores[True] > 0.33
+
+
+def test_propagation_is_not_given_another_slice_s_embedding(model):
+    """With clicks in tiles, the whole-view embedding the session holds may be another
+    slice's (here slice 0's, from a box wider than a tile); propagating from slice 2
+    must embed slice 2 itself."""
+    from napari_sam.predictor import embed_image
+
+    stack = np.stack([np.roll(data.coins(), 40 * z, axis=1) for z in range(3)])
+    session = AnnotationSession(model)
+    session.set_image(stack, {0: 0})
+    session.add_box((10, 10, 290, 370))  # decoded on the whole view of slice 0
+    assert session.candidates[0].tile is None
+    session.set_image(stack, {0: 2})
+    session.add_point((150, 200))
+    assert session.selected.tile is not None
+    engine = session.plan_propagation()
+    used = engine.stack.embedding(2).features
+    expected = embed_image(model, stack[2]).features
+    torch.testing.assert_close(used, expected)

@@ -83,8 +83,10 @@ class PropagatingSession:
                                read_options=self._read_options, cache=self.cache)  # fmt: skip
             engine = Propagation(stack, settings)
             self._propagation, self._propagation_source = engine, source
-        if self._current is not None:  # the view's embedding, whatever the cache's budget
-            engine.stack.remember(index, self._current[1])
+        current = self._current  # the view's embedding, whatever the cache's budget; when
+        # clicks were decoded in tiles it may be another view's, which must not be used
+        if current is not None and current[0] == self.embedding_key():
+            engine.stack.remember(index, current[1])
         corrected, new, before = set(), [], len(engine)
         for candidate in chosen:
             number = self._object_under(candidate.mask, index, before)
