@@ -172,20 +172,48 @@ def test_a_commit_lands_where_the_tile_mask_is(session):
     np.testing.assert_array_equal(labels == new_id, mask)
 
 
-def test_a_tile_candidate_propagates_without_its_tile_logits(model):
-    stack = np.stack([data.coins()] * 3)
-    session = AnnotationSession(model)
-    session.set_image(stack, {0: 1})
-    session.add_point((150, 200))
-    chosen = session.selected
-    assert chosen.tile is not None
-    objects = session.propagate()
-    assert len(objects) == 1
-    np.testing.assert_array_equal(objects[0].planes[1], chosen.mask)
-    # The slice's mask prompt was made from the mask in the whole view's frame, not
-    # taken from the tile's logits (which would put the object elsewhere).
-    assert session.propagation.logits(0, 1).shape == chosen.logits.shape
-    assert not np.array_equal(session.propagation.logits(0, 1), chosen.logits)
+def sphere_volume(radius: int = 14) -> np.ndarray:
+    """A bright ball of `radius` px (5 slices half-height) in a noisy (12, 500, 500) stack."""
+    z, y, x = np.ogrid[:12, :500, :500]
+    ball = ((z - 6) / 5) ** 2 + ((y - 300) / radius) ** 2 + ((x - 200) / radius) ** 2 <= 1
+    noise = np.random.default_rng(0).normal(0, 10, ball.shape)
+    return np.clip(np.where(ball, 190, 60) + noise, 0, 255).astype(np.uint8)
+
+
+def test_propagation_from_a_tile_click_starts_from_the_whole_view():
+    """From a new user's break test: propagation decodes every other slice on its whole
+    view, and a seed decoded in a tile (at twice the resolution) ended it at once by
+    its area rule ("the area changed 0.64x"). The seed is now the same prompts decoded
+    on the whole view, as without tiles."""
+    from napari_sam import load_model
+
+    model = load_model("tiny_cells")
+    volume = sphere_volume()
+    found = {}
+    for tiled in (True, False):
+        session = AnnotationSession(model, tiled=tiled)
+        session.set_image(volume, {0: 6})
+        session.add_point((300, 200))
+        session.select("part")
+        assert (session.selected.tile is not None) == tiled
+        (found[tiled],) = session.propagate()
+    assert len(found[True].slices) > 1
+    assert found[True].slices == found[False].slices
+    for index in found[False].slices:
+        np.testing.assert_array_equal(found[True].planes[index], found[False].planes[index])
+
+
+def test_an_empty_mask_is_not_propagated_and_the_error_says_why():
+    """From the same break test: a negative point that removed the whole object gave
+    the engine's bare "An empty mask cannot start an object"."""
+    from tests.stand_ins import disc_model
+
+    session = AnnotationSession(disc_model())
+    session.set_image(np.stack([data.coins()] * 3), {0: 1})
+    session.add_point((150, 200), positive=False)  # the disc decoder: nothing at all
+    assert not session.commit_masks()[0].any()
+    with pytest.raises(ValueError, match="negative point can remove the whole object"):
+        session.propagate()
 
 
 def test_lazy_data_is_tiled_after_a_worker_read_it(model):

@@ -24,15 +24,17 @@ class Encoder(OneJobAtATime):
         super().cancel()
         self.job = None
 
-    def start(self, view_options: dict) -> None:
-        """Embed the session's current view in a worker, unless that is under way."""
+    def start(self, view_options: dict, frames=None) -> None:
+        """Embed the session's current view (or these `frames` of it: None the whole
+        view, or tiles) in a worker, unless that is under way."""
         session, owner = self.session, self.owner
-        frames = tuple(session.embedding_frames())  # the view, or the tiles a click needs
+        # the view, or the tiles a click needs
+        frames = tuple(session.embedding_frames() if frames is None else frames)
         job_id = (session.embedding_key() or "lazy", session.view, repr(view_options), frames)
         if self.job is not None and job_id == self._job_id:
             return
         self.cancel()
-        embed = session.embedding_job()
+        embed = session.embedding_job(frames)
         depth = (len(getattr(session.model.image_encoder, "blocks", ())) or 1) * len(frames)
         started = time.perf_counter()
 

@@ -101,13 +101,29 @@ class PropagationPanel(OneJobAtATime, QWidget):
         from this frame on, and propagate the daughters forward."""
         return self._start(lambda session: (session.divide(), session.propagation)[1], wait)
 
+    def _whole_view_ready(self, wait: bool) -> bool:
+        """Propagation decodes on whole views: a mask decoded in a tile is decoded again
+        on the view's, whose embedding is computed first, in the encoder's worker."""
+        sam = self.sam
+        session = sam.session
+        whole_view = session.embedding_for(session.embedding_key())
+        if not session.chosen_in_tiles() or whole_view is not None:
+            return True
+        sam.encoder.start(sam.view_options(), frames=[None])
+        if wait:
+            sam.wait_for(lambda: not sam.encoder.busy)
+            return session.embedding_for(session.embedding_key()) is not None
+        sam.set_status("Computing the whole view's embedding, which propagation needs; "
+                       "press J again when done.")  # fmt: skip
+        return False
+
     def _start(self, plan, wait: bool):
         sam = self.sam
         if self.job is not None:
             sam.set_status("Propagation is running; wait or cancel it.")
             return None
         try:
-            if not sam.prepare_prompts(wait):
+            if not sam.prepare_prompts(wait) or not self._whole_view_ready(wait):
                 return None
             used = sam.session.used_prompts
             engine = plan(sam.session)

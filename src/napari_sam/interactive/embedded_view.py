@@ -241,11 +241,12 @@ class EmbeddedView:
             for frame in self.embedding_frames()
         )
 
-    def embedding_job(self) -> Callable[..., EmbeddingResult]:
+    def embedding_job(self, frames: Sequence | None = None) -> Callable[..., EmbeddingResult]:
         """A function `job(on_block=None) -> EmbeddingResult` that reads the view (lazy
         data), hashes it and embeds it, or the tiles of it the next decoding needs
-        (`embedding_frames`), unless the cache has them. It touches no session state, so
-        a worker thread may run it; give its result to `store_embedding`.
+        (`frames`, default `embedding_frames()`), unless the cache has them. It touches
+        no session state, so a worker thread may run it; give its result to
+        `store_embedding`.
         `on_block(done, total)` is called between encoder blocks (counted over all the
         frames); an exception raised there stops the encoder and propagates."""
         from ..image import to_uint8_rgb
@@ -254,7 +255,8 @@ class EmbeddedView:
         model, model_id = self._require_model(), self.model_id
         read, key = self.view_reader(), self.embedding_key()
         lazy_view = (self._lazy_id(), self._pixels_generation) if self.is_lazy else None
-        embedding_for, frames = self.embedding_for, self.embedding_frames()
+        embedding_for = self.embedding_for
+        frames = self.embedding_frames() if frames is None else list(frames)
 
         def job(on_block: Callable[[int, int], None] | None = None) -> EmbeddingResult:
             pixels, where = read()

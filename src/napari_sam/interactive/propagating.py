@@ -73,7 +73,11 @@ class PropagatingSession:
             return self._propagation  # a cancelled run, or daughters: go on
         if not candidates:
             raise ValueError("Nothing to propagate: add a prompt on this slice first.")
-        chosen = [self.selected] if self.selected is not None else candidates
+        chosen = self.whole_view_versions()  # a candidate of a tile: again on the whole view
+        if not all(candidate.mask.any() for candidate in chosen):
+            raise ValueError("The mask on this slice is empty (a negative point can remove "
+                             "the whole object): move or delete that point, or clear the "
+                             "prompts (Q) and click again.")  # fmt: skip
         index = self._view.slice_index[axis]
         source = self._source_of(axis)
         engine = self._propagation
@@ -90,10 +94,8 @@ class PropagatingSession:
         corrected, new, before = set(), [], len(engine)
         for candidate in chosen:
             number = self._object_under(candidate.mask, index, before)
-            # A box's object (one object per box) comes without low-res logits, and the
-            # logits of a tile are not the whole slice's: the mask stands alone then.
-            usable = np.size(candidate.logits) and candidate.tile is None
-            logits = candidate.logits if usable else None
+            # A box's object (one object per box) comes without low-res logits.
+            logits = candidate.logits if np.size(candidate.logits) else None
             if number is None or number in corrected:
                 new.append((candidate.mask, logits))
             else:

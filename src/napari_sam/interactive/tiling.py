@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..tiled import choose_tile, prompt_corners, tile_grid, tile_holds
-from .candidates import PromptSet, prompts_grew
+from .candidates import Candidate, PromptSet, prompts_grew, rank_candidates
+from .embedded_view import frame_key
 
 __all__ = ["TILE_ABOVE", "TiledDecoding"]
 
@@ -98,3 +99,36 @@ class TiledDecoding:
             if logits is not None:
                 return None, logits
         return choose_tile(self.view_tiles(), corners, shape), None
+
+    # -- propagation works on whole views ----------------------------------------------
+    def chosen_in_tiles(self) -> bool:
+        """Whether the selected candidate (or a box's object) was decoded in a tile."""
+        chosen = [self.selected] if self.selected is not None else self.candidates
+        return any(c.tile is not None for c in chosen)
+
+    def whole_view_versions(self) -> list[Candidate]:
+        """The selected candidate (or every box's object) as propagation needs it: one
+        decoded in a tile is decoded again on the whole view, from the prompts that made
+        it (no mask prompt) and of the same reading (whole, part or subpart). Propagation
+        decodes every other slice on its whole view, and a seed at another resolution
+        ends it at once (its area rule). Embeds the whole view first when it has no
+        embedding (in this thread; a GUI runs `embedding_job([None])` in a worker first)."""
+        chosen = [self.selected] if self.selected is not None else self.candidates
+        if not any(c.tile is not None for c in chosen):
+            return chosen
+        if self.embedding_for(frame_key(self.embedding_key(), None)) is None:
+            self.store_embedding(self.embedding_job([None])())
+        predictor = self._predictor
+        predictor.image_embedding = self.embedding_for(self.embedding_key())
+        if self.selected is None:  # one object per box
+            masks, scores = predictor.predict_boxes(self._boxes)
+            pairs = enumerate(zip(masks, scores, strict=True))
+            return [Candidate(f"box {i + 1}", m, float(s), np.zeros(0)) for i, (m, s) in pairs]
+        box = self._boxes[-1] if len(self._boxes) else None
+        points = self._points if len(self._points) else None
+        masks, scores, logits = predictor.predict(
+            points=points, labels=None if points is None else self._labels, box=box
+        )
+        again = rank_candidates(masks, scores, logits)
+        same = [c for c in again if c.name == self.selected.name]
+        return same or [max(again, key=lambda c: c.iou)]
