@@ -161,3 +161,56 @@ def test_closing_mid_propagation_and_switching_images(make_napari_viewer, bundle
     viewer.close()  # deletes the widget's Qt objects; its job's callbacks must not use them
     qtbot.waitUntil(lambda: not job.running, timeout=30000)
     assert widget.closed
+
+
+def test_a_click_decoded_in_a_tile_propagates_from_the_whole_view(make_napari_viewer, bundled):
+    """The view (500 px) is decoded in tiles; propagation works on whole views: J first
+    embeds the whole view in the worker (press again when done), then propagates the
+    same reading decoded there, as with 'in tiles' unticked."""
+    from tests.interactive.test_tiling import sphere_volume
+
+    viewer = make_napari_viewer()
+    viewer.add_image(sphere_volume(), name="ball")
+    widget = open_widget(viewer, bundled)
+    click(viewer, widget, 6, (300, 200))
+    assert widget.prepare_prompts(wait=True)
+    widget.select("part")
+    assert widget.selected.tile is not None
+    assert widget.propagate(wait=False) is None  # the whole view is being embedded
+    assert "press J again" in widget.status_label.text()
+    widget.wait(timeout=60)
+    widget.select("part")
+    (obj,) = widget.propagate(wait=True)
+    assert len(obj.slices) > 1
+    widget.tiled_check.setChecked(False)
+    widget.propagation.clear()
+    click(viewer, widget, 6, (300, 200))
+    assert widget.prepare_prompts(wait=True)
+    widget.select("part")
+    (untiled,) = widget.propagate(wait=True)
+    assert untiled.slices == obj.slices
+    np.testing.assert_array_equal(untiled.mask, obj.mask)
+
+
+def test_a_propagation_is_not_squashed_into_another_image_s_2d_labels(make_napari_viewer):
+    """From a new user's break test: with a 2D image's labels as the output, K after J
+    on a stack wrote every slice of the object into that 2D layer."""
+    from tests.stand_ins import coins, disc_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="flat")
+    widget = open_widget(viewer, disc_model())
+    widget.points_layer.add([[100, 100]])
+    assert widget.prepare_prompts(wait=True)
+    assert widget.commit() == [1]
+    flat_labels = widget.output_layer
+    before = flat_labels.data.copy()
+    volume, _ = ellipsoid_stack(radii=(15, 20, 16))
+    viewer.add_image(volume, name="stack")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("stack"))
+    click(viewer, widget, 20, (64, 64))
+    assert widget.propagate(wait=True)
+    assert widget.output_layer is flat_labels and widget.commit() == []
+    assert "no axis for the image's axis 0" in widget.status_label.text()
+    np.testing.assert_array_equal(flat_labels.data, before)
+    assert widget.session.propagation is not None  # kept: commit it elsewhere

@@ -152,6 +152,13 @@ class PropagatingSession:
                              "image to commit it, or clear it.")  # fmt: skip
         shape = tuple(np.shape(labels))
         spatial = len(self._view.displayed) + len(self._view.slice_index)
+        # Arrays of fewer axes line up with the image's last ones (as napari's layers do):
+        # labels without the propagation's axis would get every slice drawn on one plane.
+        if engine.stack.axis < spatial - len(shape):
+            raise ValueError(f"The labels have {len(shape)} axes and no axis for the "
+                             f"image's axis {engine.stack.axis}, along which the objects "
+                             "were propagated: commit into labels with the stack's axes "
+                             "(in napari: choose such an output layer, or a new one).")
         if image_to_world is None and labels_to_world is None:
             image_shape = tuple(self._data.shape[:spatial])
             if shape != image_shape:
