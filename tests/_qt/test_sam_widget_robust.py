@@ -298,6 +298,25 @@ def test_prompts_stay_with_their_image_when_another_of_other_ndim_becomes_active
     widget.wait_for(lambda: bool(widget.candidates), timeout=60)
 
 
+def test_empty_prompt_layers_take_the_frame_of_the_image_selected(viewer):
+    """From a new user's break test: after selecting an unscaled image, the points layer
+    kept the first image's scale and translation, so points added in data coordinates
+    (the image's pixels, as the README says) landed elsewhere."""
+    viewer.add_image(coins(), name="scaled", scale=(0.5, 2), translate=(10, -30))
+    widget = open_widget(viewer, disc_model())
+    np.testing.assert_allclose(widget.points_layer.scale, (0.5, 2))
+    plain = viewer.add_image(coins()[::-1], name="plain")  # now the active image
+    assert widget.image_layer == plain
+    for layer in (widget.points_layer, widget.boxes_layer):
+        np.testing.assert_allclose(layer.scale, (1, 1))
+        np.testing.assert_allclose(layer.translate, (0, 0))
+    widget.points_layer.add([[150, 190]])
+    assert widget.prepare_prompts(wait=True)
+    assert widget.selected.mask[150, 190]  # the disc decoder: a disc around the click
+    viewer.layers.selection.active = viewer.layers["scaled"]  # prompts stay where they are
+    np.testing.assert_allclose(widget.points_layer.scale, (1, 1))
+
+
 def test_a_reopened_widget_uses_the_sam_layers_there_are(viewer):
     viewer.add_image(coins(), name="coins")
     widget = open_widget(viewer, disc_model())

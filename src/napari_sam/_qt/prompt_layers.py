@@ -61,6 +61,10 @@ class PromptLayers:
                 self.forget(layer)
                 if not len(layer.data):
                     self.viewer.layers.remove(layer)
+        for layer in (self.points, self.boxes):  # empty ones of ours follow the image
+            ours = layer is not None and layer.unique_id in self._owned
+            if ours and layer in self.viewer.layers and not len(layer.data):
+                _take_frame(layer, image)
         made = False
         if self.points is None or self.points not in self.viewer.layers:
             found = self._existing(Points, POINTS_NAME, image.ndim)
@@ -243,3 +247,13 @@ class PromptLayers:
             return
         negative = self._negative if negative is None else negative
         layer.feature_defaults = {POLARITY: "negative" if negative else "positive"}
+
+
+def _take_frame(layer, image) -> None:
+    """Give an empty prompt layer `image`'s frame (scale, translate, rotate, shear,
+    affine), so that its data coordinates are the image's pixels; a layer holding
+    prompts keeps its frame (they stay where they were put in the world)."""
+    if layer.ndim != image.ndim:
+        return
+    for name, value in transform_kwargs(image).items():
+        setattr(layer, name, value)
