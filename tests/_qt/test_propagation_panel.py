@@ -214,3 +214,23 @@ def test_a_propagation_is_not_squashed_into_another_image_s_2d_labels(make_napar
     assert "no axis for the image's axis 0" in widget.status_label.text()
     np.testing.assert_array_equal(flat_labels.data, before)
     assert widget.session.propagation is not None  # kept: commit it elsewhere
+
+
+def test_the_axis_choice_is_not_carried_to_another_image(make_napari_viewer):
+    """From a new user's break test: after propagating along z (axis 0) of a stack,
+    the widget kept "axis 0" for a (t, z, y, x) image, where it is t."""
+    from tests.stand_ins import disc_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((12, 64, 64), np.uint8), name="stack")
+    viewer.add_image(np.zeros((3, 8, 64, 64), np.uint8), name="tz")
+    widget = open_widget(viewer, disc_model())
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("stack"))
+    widget.compute_embedding(wait=True)
+    assert widget.propagation.axis == 0
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("tz"))
+    widget.compute_embedding(wait=True)
+    assert widget.propagation.axis == 1  # z, next to the displayed axes
+    widget.propagation.axis_combo.setCurrentIndex(0)  # the user's choice: t
+    widget.compute_embedding(wait=True)
+    assert widget.propagation.axis == 0  # kept while on this image

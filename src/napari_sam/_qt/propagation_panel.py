@@ -38,6 +38,7 @@ class PropagationPanel(OneJobAtATime, QWidget):
         self.job = None
         self.layer = None
         self.lineage = None  # every committed track's row: label, parent, first/last frame
+        self._axes_image = None  # the unique id of the image the axis choice is for
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
@@ -76,8 +77,13 @@ class PropagationPanel(OneJobAtATime, QWidget):
                  for name, a in zip(names, axes, strict=True)]  # fmt: skip
         current = [(self.axis_combo.itemText(i), self.axis_combo.itemData(i))
                    for i in range(self.axis_combo.count())]  # fmt: skip
-        if items != current:
-            chosen = self.axis_combo.currentData()
+        # An axis number means another axis in another image (axis 0: z of a stack, t
+        # of a time-lapse of stacks): a choice is kept for its own image only.
+        image_id = None if layer is None else layer.unique_id
+        same_image = image_id == self._axes_image
+        self._axes_image = image_id
+        if items != current or not same_image:
+            chosen = self.axis_combo.currentData() if same_image else None
             self.axis_combo.clear()
             for text, axis in items:
                 self.axis_combo.addItem(text, axis)
