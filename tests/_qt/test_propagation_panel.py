@@ -180,8 +180,14 @@ def test_a_click_decoded_in_a_tile_propagates_from_the_whole_view(make_napari_vi
     assert "press J again" in widget.status_label.text()
     widget.wait(timeout=60)
     widget.select("part")
+    shown = widget.selected.mask
     (obj,) = widget.propagate(wait=True)
     assert len(obj.slices) > 1
+    started = obj.planes[6]
+    agreement = (shown & started).sum() / (shown | started).sum()
+    assert widget.session.seed_agreement == pytest.approx(agreement)
+    said = "decoded again on the whole view" in widget.status_label.text()
+    assert said == (agreement < 0.8)
     widget.tiled_check.setChecked(False)
     widget.propagation.clear()
     click(viewer, widget, 6, (300, 200))

@@ -196,7 +196,11 @@ def test_propagation_from_a_tile_click_starts_from_the_whole_view():
         session.add_point((300, 200))
         session.select("part")
         assert (session.selected.tile is not None) == tiled
+        shown = session.selected.mask
         (found[tiled],) = session.propagate()
+        started = found[tiled].planes[6]
+        iou = (shown & started).sum() / (shown | started).sum()
+        assert session.seed_agreement == (pytest.approx(iou) if tiled else None)
     assert len(found[True].slices) > 1
     assert found[True].slices == found[False].slices
     for index in found[False].slices:

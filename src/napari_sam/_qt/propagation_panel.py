@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["PROPAGATION_LAYER", "PropagationPanel"]
 
 PROPAGATION_LAYER = "SAM propagation"
+# Below this IoU between a click's mask in its tile and the whole-view version that
+# propagation starts from, the status says the mask propagated is not the one shown.
+SEED_AGREEMENT_NOTED = 0.8
 
 
 class PropagationPanel(OneJobAtATime, QWidget):
@@ -163,9 +166,15 @@ class PropagationPanel(OneJobAtATime, QWidget):
             if not result:
                 sam.set_status("Propagation cancelled; what was done is shown. Press J to go on.")
 
+        agreement = sam.session.seed_agreement  # set by the plan: a tile's mask redone
+
         def returned(objects) -> None:
             result.append(objects)
-            sam.set_status(_summary(objects, self.axis_combo.currentText()))
+            note = ""
+            if agreement is not None and agreement < SEED_AGREEMENT_NOTED:
+                note = (f" It started from the click decoded again on the whole view (IoU "
+                        f"{agreement:.2f} with the mask shown in its tile).")  # fmt: skip
+            sam.set_status(_summary(objects, self.axis_combo.currentText()) + note)
 
         self.job = sam.start_job(work, "SAM: propagating", len(engine.stack),
                                  returned=returned, errored=sam.user_error,

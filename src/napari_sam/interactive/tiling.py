@@ -36,6 +36,9 @@ class TiledDecoding:
     """Mixin of `AnnotationSession`: needs its view, model, prompts and last prediction."""
 
     _tiled = True
+    # IoU of the masks decoded in tiles with their whole-view versions that the last
+    # propagation started from (the lowest); None when none was decoded again.
+    seed_agreement: float | None = None
 
     @property
     def tiled(self) -> bool:
@@ -114,8 +117,16 @@ class TiledDecoding:
         ends it at once (its area rule). Embeds the whole view first when it has no
         embedding (in this thread; a GUI runs `embedding_job([None])` in a worker first)."""
         chosen = [self.selected] if self.selected is not None else self.candidates
+        self.seed_agreement = None
         if not any(c.tile is not None for c in chosen):
             return chosen
+        again = self._decode_on_whole_view()
+        pairs = zip(chosen, again, strict=True)
+        self.seed_agreement = min(_iou(shown.mask, used.mask) for shown, used in pairs)
+        return again
+
+    def _decode_on_whole_view(self) -> list[Candidate]:
+        """`whole_view_versions`' decoding, embedding the whole view when needed."""
         if self.embedding_for(frame_key(self.embedding_key(), None)) is None:
             self.store_embedding(self.embedding_job([None])())
         predictor = self._predictor
@@ -132,3 +143,8 @@ class TiledDecoding:
         again = rank_candidates(masks, scores, logits)
         same = [c for c in again if c.name == self.selected.name]
         return same or [max(again, key=lambda c: c.iou)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
