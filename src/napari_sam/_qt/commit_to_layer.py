@@ -45,7 +45,8 @@ def commit_to_layer(session, image, existing, make_output: Callable, overwrite: 
         layer.selected_label = plan.ids[-1]
         return plan.ids
     if plan.outside:
-        why = f"lies outside the output layer {layer.name!r}"
+        why = (f"lies outside the output layer {layer.name!r} (choose another under "
+               "Output, or a new labels layer)")
     elif not any(mask.any() for mask in session.commit_masks()):
         why = "is empty"
     else:

@@ -110,8 +110,10 @@ def mask_to_labels_indices(
         index = int(np.floor(mapping.offset[axis] + 0.5))
         if not 0 <= index < shape[axis]:
             raise CommitError(
-                f"The slice on screen lies outside the labels layer (axis {axis} at "
-                f"{mapping.offset[axis]:.2f}, the layer has {shape[axis]} planes there)."
+                f"A slice of the mask (the slice on screen, or one propagated to) lies "
+                f"outside the labels layer: axis {axis} at {mapping.offset[axis]:.2f}, "
+                f"where the layer has {shape[axis]} planes. Commit into labels that cover "
+                "the image (in napari: choose another output layer, or a new one)."
             )
         fixed[axis] = index
     empty = tuple(np.zeros(0, np.intp) for _ in shape)
