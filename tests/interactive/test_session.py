@@ -302,6 +302,18 @@ def test_encoder_weights_changed_in_place_are_not_served_old_embeddings(model):
     assert not torch.allclose(before, after)
 
 
+def test_points_outside_the_view_are_refused_with_where_they_are(session):
+    """From a new user's break test: (-500, -500) on a 303 x 384 view gave a 14,000 px
+    'whole' mask and no message (in napari: points left from another image)."""
+    for point in ((-500, -500), (2000, 100), (302.5, 10), (10, -0.6)):
+        with pytest.raises(ValueError, match="outside the view of 303 x 384 pixels"):
+            session.add_point(point)
+    assert not session.has_prompts
+    for point in ((-0.5, 0), (302.4, 383.4)):  # on the first and the last pixel
+        session.add_point(point)
+    assert len(session.candidates) == 1  # two points: one mask
+
+
 def test_unclear_inputs_get_errors_that_say_what_to_pass(session, model):
     with pytest.raises(ValueError, match=r"\(row, col\)"):
         session.add_point((2, 137, 73))  # (z, row, col) of a stack

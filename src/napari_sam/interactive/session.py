@@ -137,6 +137,8 @@ class AnnotationSession(TiledDecoding, PropagatingSession, EmbeddedView):
         for name, values in (("points", points), ("boxes", boxes)):
             if not np.isfinite(values).all():
                 raise ValueError(f"The {name} contain NaN or infinite coordinates.")
+        if len(points) and self._view is not None:
+            _check_points_inside(points, self.view_shape())
         same = (np.array_equal(points, self._points) and np.array_equal(boxes, self._boxes)
                 and np.array_equal(labels, self._labels))  # fmt: skip
         self._points, self._labels, self._boxes = points, labels.astype(np.int64), boxes
@@ -378,6 +380,19 @@ class AnnotationSession(TiledDecoding, PropagatingSession, EmbeddedView):
         self._reset_prediction()
         self.set_prompts(self._points[keep_points], self._labels[keep_points],
                          self._boxes[keep_boxes])  # fmt: skip
+
+
+def _check_points_inside(points: np.ndarray, shape: tuple[int, int]) -> None:
+    """Points must lie on a pixel of the view (pixel i spans i - 0.5 to i + 0.5): SAM
+    takes any coordinates, and one far outside gives a mask that means nothing."""
+    outside = (points < -0.5).any(axis=1) | (points >= np.array(shape) - 0.5).any(axis=1)
+    if outside.any():
+        row, col = points[np.argmax(outside)]
+        raise ValueError(
+            f"The point ({row:.1f}, {col:.1f}) lies outside the view of {shape[0]} x "
+            f"{shape[1]} pixels: points are (row, col) pixels of the view. Remove it (in "
+            "napari it may have been placed on another image: press Q to clear the prompts)."
+        )
 
 
 def _upscale(predictor, low_res: np.ndarray, embedding, frame, shape) -> np.ndarray:
