@@ -217,9 +217,9 @@ class AnnotationSession(TiledDecoding, PropagatingSession, EmbeddedView):
             for i, mask, score in zip(chosen, frame_masks, frame_scores, strict=True):
                 masks[i], scores[i] = mask, float(score)
         self._reset_prediction()
+        triples = enumerate(zip(masks, scores, frames, strict=True))
         self._objects = [Candidate(f"box {i + 1}", mask, score, np.zeros(0), frame)
-                         for i, (mask, score, frame) in enumerate(zip(masks, scores, frames,
-                                                                      strict=True))]  # fmt: skip
+                         for i, (mask, score, frame) in triples]  # fmt: skip
         self._used = (np.zeros(0, np.intp), np.arange(len(frames)))
 
     def _decode_single_object(self, key: tuple) -> None:
