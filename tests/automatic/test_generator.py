@@ -323,6 +323,25 @@ def paint(masks: list[np.ndarray], shape) -> np.ndarray:
     return labels
 
 
+def test_segment_everything_ids_leave_no_gap_where_a_mask_is_covered():
+    """A mask that smaller ones cover wholly leaves no id unused: 1..N in record order."""
+    from napari_sam.automatic import painted_labels
+
+    big = np.zeros((20, 20), bool)
+    big[2:8, 2:8] = True
+    left, right = big.copy(), big.copy()
+    left[:, 5:], right[:, :5] = False, False  # the two halves cover `big` wholly
+    other = np.zeros_like(big)
+    other[12:18, 12:18] = True
+    records = [big, left, other, right]
+    assert set(np.unique(masks_to_labels(records, big.shape))) == {0, 2, 3, 4}
+    labels = painted_labels(records, big.shape)
+    assert labels.dtype == np.int32
+    expected = np.zeros(big.shape, np.int32)
+    expected[left], expected[other], expected[right] = 1, 2, 3
+    np.testing.assert_array_equal(labels, expected)
+
+
 def test_labels_painted_from_boxes_equal_painting_full_masks():
     """Overlapping objects of every size, equal areas, objects at the image edges."""
     rng = np.random.default_rng(3)

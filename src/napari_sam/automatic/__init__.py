@@ -28,7 +28,7 @@ from .instances import (
     has_instance_head,
     predict_instance_maps,
 )
-from .records import MaskRecord, masks_to_labels
+from .records import MaskRecord, masks_to_labels, painted_labels
 from .report import ScoreReport
 from .slices import SliceLabels, segment_everything_slices, segment_slices, slice_views
 
@@ -52,6 +52,7 @@ __all__ = [
     "grid_defaults",
     "has_instance_head",
     "masks_to_labels",
+    "painted_labels",
     "point_grid",
     "predict_instance_maps",
     "segment_everything",

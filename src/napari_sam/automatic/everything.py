@@ -29,7 +29,7 @@ import numpy as np
 from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator
 from .grid_pool import DECODE_PARAMS, FILTER_PARAMS, GridCandidates
 from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_instance_maps
-from .records import masks_to_labels
+from .records import painted_labels
 from .report import ScoreReport
 
 __all__ = [
@@ -135,8 +135,7 @@ def segment_everything(
     **params,
 ) -> np.ndarray:
     """Every object of a 2D image as an (H, W) int32 label image (0: background; ids
-    1..N for "ais"; for "amg", smaller objects drawn over larger ones that contain them,
-    and an id may go unused where smaller masks cover a mask wholly).
+    1..N; for "amg", smaller objects drawn over larger ones that contain them).
 
     model: a `Sam`. image: (H, W) gray or (H, W, 3|4) RGB(A), any dtype (for stacks,
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
@@ -166,7 +165,7 @@ def segment_everything(
             generator.pred_iou_thresh, generator.stability_score_thresh
         )
         warnings.warn(NoObjectsWarning(why), stacklevel=2)
-    return masks_to_labels(records, image.shape[:2])
+    return painted_labels(records, image.shape[:2])
 
 
 class EverythingSegmenter:
@@ -247,7 +246,7 @@ class EverythingSegmenter:
         records = self.decoded.records(**filters)
         if not records:
             warnings.warn(NoObjectsWarning(self.decoded.why_empty(**filters)), stacklevel=2)
-        return masks_to_labels(records, self.image_shape)
+        return painted_labels(records, self.image_shape)
 
     @property
     def defaults(self) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .mask_ops import crop_to_box
 
-__all__ = ["MaskRecord", "inclusive_box", "masks_to_labels"]
+__all__ = ["MaskRecord", "inclusive_box", "masks_to_labels", "painted_labels"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,16 @@ def masks_to_labels(
         mask, where = pieces[index]
         labels[where][mask] = index + 1
     return labels
+
+
+def painted_labels(records, shape: tuple[int, ...]) -> np.ndarray:
+    """`masks_to_labels` with ids 1..N in the records' order: a mask that smaller ones
+    cover wholly leaves no gap in the ids (scikit-image's `relabel_sequential`). What
+    "segment everything" gives users; int32 (H, W)."""
+    from skimage.segmentation import relabel_sequential
+
+    labels = relabel_sequential(masks_to_labels(records, shape))[0]
+    return labels.astype(np.int32, copy=False)
 
 
 def inclusive_box(inside: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int]:

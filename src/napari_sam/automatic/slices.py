@@ -32,7 +32,7 @@ from .everything import (
     is_blank,
 )
 from .generator import AutomaticMaskGenerator, GenerationCancelled
-from .records import masks_to_labels
+from .records import painted_labels
 from .report import ScoreReport
 
 __all__ = ["SliceLabels", "segment_everything_slices", "segment_slices", "slice_views"]
@@ -83,8 +83,7 @@ def segment_slices(
     first_id: the id of the first object (e.g. above the ids of labels being added to).
 
     Ids: the objects of the k-th slice get consecutive ids after the highest id of the
-    slices before it (`masks_to_labels`' order within a slice: record i gets its base
-    + i + 1; a mask wholly covered by smaller ones leaves its id unused).
+    slices before it (`painted_labels`' order within a slice).
     Raises ValueError at the call for a cache without model_id or a first_id < 1; while
     iterating, ValueError for more ids than int32 holds and the generator's errors for
     views it cannot segment.
@@ -118,7 +117,7 @@ def _slices(generator, read_view, views, cache, model_id, cancelled, last_id):
                 cache.put(key, embedding)
         if isinstance(generator, AutomaticMaskGenerator):
             records = generator.generate(pixels, embedding=embedding, cancelled=cancelled)
-            plane = masks_to_labels(records, pixels.shape[:2])
+            plane = painted_labels(records, pixels.shape[:2])
         else:  # an EverythingSegmenter: "ais", or the grid decoded once per slice
             generator.decode(pixels, embedding=embedding, cancelled=cancelled)
             with warnings.catch_warnings():
@@ -192,7 +191,7 @@ def segment_everything_slices(
     Warns `NoObjectsWarning` ("amg") when no slice has an object, with the scores seen
     over all slices and what to lower.
     Returns int32 labels of the data's spatial shape (the colour axis dropped), 0 for
-    background, every object with its own id across all slices (ids may skip values);
+    background, every object with its own id across all slices, consecutive from 1;
     with link_axis, one id per linked 3D object, consecutive from 1.
     Raises ValueError for bad axes or parameters (before any slice is segmented).
     """
