@@ -292,3 +292,43 @@ def test_the_grid_form_takes_each_models_thresholds(make_napari_viewer):
         assert getattr(form, name).value == pytest.approx(value)
     widget.set_model(disc_model())
     assert form.pred_iou_thresh.value == pytest.approx(MICROSCOPY_DEFAULTS["pred_iou_thresh"])
+
+
+def test_a_view_thinner_than_the_grid_gets_a_thinner_grid_and_says_so(make_napari_viewer):
+    """The form's 32 points per side were refused on a 12 px tall view (a kymograph)."""
+    viewer = make_napari_viewer()
+    strip = np.ascontiguousarray(coins()[100:112])  # 12 x 384
+    viewer.add_image(strip, name="strip")
+    widget = open_widget(viewer, disc_model())
+    assert widget.everything.settings.points_per_side.value > 12
+    layer = widget.segment_everything(wait=True)
+    assert layer is not None and layer.data.shape == strip.shape
+    assert "thinned to 12 points per side" in widget.status_label.text()
+    assert widget.everything.relabel()  # a threshold change still re-labels at once
+
+
+def test_a_new_grid_threshold_relabels_at_once_without_decoding(make_napari_viewer):
+    """The grid's re-labelling passed its points per side to labels(), which refused it
+    ("change the decoding"): every threshold change under advanced was an error."""
+    from napari_sam import segment_everything
+
+    viewer = make_napari_viewer()
+    viewer.add_image(coins(), name="coins")
+    model = disc_model()
+    widget = open_widget(viewer, model)
+    settings = widget.everything.settings
+    settings.points_per_side.value = 8
+    settings.stability_score_thresh.value = 0.8
+    layer = widget.segment_everything(wait=True)
+    before = layer.data.copy()
+    calls, decode = [], model.decode
+    model.decode = lambda *args, **kwargs: calls.append(1) or decode(*args, **kwargs)
+    settings.box_nms_thresh.value = 0.05  # the form's change re-labels
+    assert not calls and "Segment everything:" in widget.status_label.text()
+    assert not np.array_equal(layer.data, before)
+    model.decode = decode
+    expected = segment_everything(model, coins(), "amg", points_per_side=8,
+                                  stability_score_thresh=0.8, box_nms_thresh=0.05,
+                                  **{k: settings[k].value for k in ("pred_iou_thresh",
+                                     "min_mask_region_area")})  # fmt: skip
+    np.testing.assert_array_equal(layer.data, expected)

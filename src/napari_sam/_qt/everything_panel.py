@@ -134,6 +134,7 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self.method.changed.connect(lambda _: self.show_forms())
         # Decode once, label many times: the last single view's decoded state.
         self.decoded = None  # (segmenter, view key, result layer, labels written)
+        self._thinned = ""  # the status's note when the grid was thinned to the view
         for form in (self.settings, self.ais_settings):
             form.changed.connect(lambda _: self.relabel())
 
@@ -220,8 +221,9 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             self.decoded = None
             return False
         params = self.parameters()
+        grid = _fitted_grid(params, segmenter.image_shape).get("points_per_side")
         if segmenter.method != self.effective_method() or (
-            params.get("points_per_side") != segmenter.params.get("points_per_side")
+            grid != segmenter.params.get("points_per_side")
         ):
             return False  # another method or grid: that needs a run
         if not np.array_equal(layer.data[plane_index], written.ravel()):
@@ -232,11 +234,14 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         import warnings
 
         from ..automatic import NoObjectsWarning
+        from ..automatic.grid_pool import DECODE_PARAMS
 
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NoObjectsWarning)
-                labels = segmenter.labels(**params)
+                # The grid's points were decoded already: labels() takes the filters.
+                labels = segmenter.labels(**{k: v for k, v in params.items()
+                                             if k not in DECODE_PARAMS})  # fmt: skip
         except ValueError as error:
             self.sam.user_error(error)
             return False
@@ -266,6 +271,12 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         # Made here, in the GUI thread, so bad settings become a message at once. The
         # grid over every slice runs direct (faster); a single view is decoded once.
         method, params = self.effective_method(), self.parameters()
+        view_shape = tuple(spatial_shape(layer)[a] for a in current.displayed)
+        self._thinned = ""
+        if method == "amg" and _fitted_grid(params, view_shape) != params:
+            params = _fitted_grid(params, view_shape)
+            self._thinned = (f" The grid was thinned to {params['points_per_side']} points "
+                             f"per side: the view is {view_shape[0]} x {view_shape[1]} px.")
         if method == "amg" and len(views) > 1:
             generator = AutomaticMaskGenerator(sam.model, **params)
         else:
@@ -374,7 +385,16 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
                        "or 'min. size'.")
             notify(f"Segment everything found no objects. {why} (under 'advanced "
                    "settings')", "info")  # fmt: skip
-        self.sam.set_status(f"Segment everything: {count} objects.")
+        self.sam.set_status(f"Segment everything: {count} objects.{self._thinned}")
+
+
+def _fitted_grid(params: dict, shape: tuple[int, int]) -> dict:
+    """The grid's parameters with points per side thinned to one point per pixel of a
+    view thinner than the grid (the generator refuses a grid denser than the view)."""
+    side = min(shape)
+    if params.get("points_per_side", 0) > side:
+        return {**params, "points_per_side": side}
+    return params
 
 
 def _plane_index(view: ViewSpec, shape: tuple[int, ...], ndim: int) -> tuple:
