@@ -295,7 +295,8 @@ def test_the_grid_form_takes_each_models_thresholds(make_napari_viewer):
 
 
 def test_a_view_thinner_than_the_grid_gets_a_thinner_grid_and_says_so(make_napari_viewer):
-    """The form's 32 points per side were refused on a 12 px tall view (a kymograph)."""
+    """The form's default 32 points per side were refused on a 12 px tall view (a
+    kymograph); a number the user chose is still refused (test above)."""
     viewer = make_napari_viewer()
     strip = np.ascontiguousarray(coins()[100:112])  # 12 x 384
     viewer.add_image(strip, name="strip")

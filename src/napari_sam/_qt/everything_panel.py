@@ -221,7 +221,8 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             self.decoded = None
             return False
         params = self.parameters()
-        grid = _fitted_grid(params, segmenter.image_shape).get("points_per_side")
+        grid = _fitted_grid(params, segmenter.image_shape, segmenter.model)
+        grid = grid.get("points_per_side")
         if segmenter.method != self.effective_method() or (
             grid != segmenter.params.get("points_per_side")
         ):
@@ -273,8 +274,8 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         method, params = self.effective_method(), self.parameters()
         view_shape = tuple(spatial_shape(layer)[a] for a in current.displayed)
         self._thinned = ""
-        if method == "amg" and _fitted_grid(params, view_shape) != params:
-            params = _fitted_grid(params, view_shape)
+        if method == "amg" and _fitted_grid(params, view_shape, sam.model) != params:
+            params = _fitted_grid(params, view_shape, sam.model)
             self._thinned = (f" The grid was thinned to {params['points_per_side']} points "
                              f"per side: the view is {view_shape[0]} x {view_shape[1]} px.")
         if method == "amg" and len(views) > 1:
@@ -388,12 +389,15 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self.sam.set_status(f"Segment everything: {count} objects.{self._thinned}")
 
 
-def _fitted_grid(params: dict, shape: tuple[int, int]) -> dict:
-    """The grid's parameters with points per side thinned to one point per pixel of a
-    view thinner than the grid (the generator refuses a grid denser than the view)."""
-    side = min(shape)
-    if params.get("points_per_side", 0) > side:
-        return {**params, "points_per_side": side}
+def _fitted_grid(params: dict, shape: tuple[int, int], model) -> dict:
+    """The grid's parameters with the model's default points per side thinned to one
+    point per pixel of a view thinner than that grid; a number the user chose is kept
+    (the generator refuses it when denser than the view), as in `grid_params`."""
+    from ..automatic import grid_defaults
+
+    points = params.get("points_per_side")
+    if points == grid_defaults(model)["points_per_side"] and points > min(shape):
+        return {**params, "points_per_side": min(shape)}
     return params
 
 
