@@ -121,3 +121,17 @@ def head_model(seed: int = 0):
     torch.manual_seed(seed)
     model.attach_instance_decoder(InstanceDecoder(model.prompt_encoder.embed_dim, 8).eval())
     return model
+
+
+def count_encodings(monkeypatch, module) -> list:
+    """Record the (rows, cols) of every image `module.embed_image` embeds from now on
+    (the list fills as it is called); `module` is where the code under test looks it up."""
+    encoded = []
+    original = module.embed_image
+
+    def counting(model, pixels, *args):
+        encoded.append(pixels.shape[:2])
+        return original(model, pixels, *args)
+
+    monkeypatch.setattr(module, "embed_image", counting)
+    return encoded

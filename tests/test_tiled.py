@@ -14,6 +14,7 @@ from napari_sam.image import to_uint8_rgb
 from napari_sam.model import build_sam
 from napari_sam.tiled import TiledPredictor, tile_starts
 from tests.reference import TINY
+from tests.stand_ins import count_encodings
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +91,7 @@ def test_a_click_is_decoded_in_the_tile_that_holds_it_with_most_room(model, imag
 
 
 def test_tile_embeddings_are_made_on_first_use_and_kept(model, image, monkeypatch):
-    encoded = []
-    original = tiled_module.embed_image
-
-    def counting(model, pixels, *args):
-        encoded.append(pixels.shape[:2])
-        return original(model, pixels, *args)
-
-    monkeypatch.setattr(tiled_module, "embed_image", counting)
+    encoded = count_encodings(monkeypatch, tiled_module)
     predictor = TiledPredictor(model, max_tiles=1)
     predictor.set_image(image)
     assert encoded == []  # nothing before a prompt needs it

@@ -17,6 +17,7 @@ from napari_sam import AnnotationSession, SamPredictor, TiledPredictor
 from napari_sam.interactive.tiling import TILE_ABOVE
 from napari_sam.model import build_sam
 from tests.reference import TINY
+from tests.stand_ins import count_encodings
 
 REAL_CHECK = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "real_check.npz"
 
@@ -32,18 +33,6 @@ def session(model):
     session = AnnotationSession(model)
     session.set_image(data.coins())
     return session
-
-
-def count_encodings(monkeypatch) -> list:
-    encoded = []
-    original = predictor_module.embed_image
-
-    def counting(model, pixels, *args):
-        encoded.append(pixels.shape[:2])
-        return original(model, pixels, *args)
-
-    monkeypatch.setattr(predictor_module, "embed_image", counting)
-    return encoded
 
 
 def test_a_click_gives_the_masks_of_the_tiled_predictor(session, model):
@@ -62,7 +51,7 @@ def test_a_click_gives_the_masks_of_the_tiled_predictor(session, model):
 
 
 def test_only_the_tile_a_click_needs_is_embedded_and_it_is_kept(session, monkeypatch):
-    encoded = count_encodings(monkeypatch)
+    encoded = count_encodings(monkeypatch, predictor_module)
     session.add_point((150, 200))
     session.candidates  # noqa: B018 -- decodes
     assert encoded == [(256, 256)]
@@ -78,7 +67,7 @@ def test_only_the_tile_a_click_needs_is_embedded_and_it_is_kept(session, monkeyp
 
 
 def test_without_prompts_every_tile_is_embedded_ahead(session, monkeypatch):
-    encoded = count_encodings(monkeypatch)
+    encoded = count_encodings(monkeypatch, predictor_module)
     assert not session.has_embedding
     steps = []
     job = session.embedding_job()

@@ -221,8 +221,7 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             self.decoded = None
             return False
         params = self.parameters()
-        grid = _fitted_grid(params, segmenter.image_shape, segmenter.model)
-        grid = grid.get("points_per_side")
+        grid = _fitted_grid(params, segmenter.image_shape, segmenter.model).get("points_per_side")
         if segmenter.method != self.effective_method() or (
             grid != segmenter.params.get("points_per_side")
         ):
@@ -274,8 +273,9 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         method, params = self.effective_method(), self.parameters()
         view_shape = tuple(spatial_shape(layer)[a] for a in current.displayed)
         self._thinned = ""
-        if method == "amg" and _fitted_grid(params, view_shape, sam.model) != params:
-            params = _fitted_grid(params, view_shape, sam.model)
+        fitted = _fitted_grid(params, view_shape, sam.model) if method == "amg" else params
+        if fitted != params:
+            params = fitted
             self._thinned = (f" The grid was thinned to {params['points_per_side']} points "
                              f"per side: the view is {view_shape[0]} x {view_shape[1]} px.")
         if method == "amg" and len(views) > 1:
@@ -390,15 +390,16 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
 
 
 def _fitted_grid(params: dict, shape: tuple[int, int], model) -> dict:
-    """The grid's parameters with the model's default points per side thinned to one
-    point per pixel of a view thinner than that grid; a number the user chose is kept
-    (the generator refuses it when denser than the view), as in `grid_params`."""
+    """The form's grid parameters for a view of `shape`: the model's default points per
+    side is thinned for a thinner view by `grid_params`' rule; a number the user chose
+    is kept (the generator refuses it when denser than the view)."""
     from ..automatic import grid_defaults
+    from ..automatic.everything import grid_params
 
-    points = params.get("points_per_side")
-    if points == grid_defaults(model)["points_per_side"] and points > min(shape):
-        return {**params, "points_per_side": min(shape)}
-    return params
+    if params.get("points_per_side") != grid_defaults(model)["points_per_side"]:
+        return params
+    rest = {k: v for k, v in params.items() if k != "points_per_side"}
+    return {**params, "points_per_side": grid_params(model, rest, shape)["points_per_side"]}
 
 
 def _plane_index(view: ViewSpec, shape: tuple[int, ...], ndim: int) -> tuple:

@@ -115,8 +115,9 @@ class PropagationPanel(OneJobAtATime, QWidget):
         on the view's, whose embedding is computed first, in the encoder's worker."""
         sam = self.sam
         session = sam.session
-        whole_view = session.embedding_for(session.embedding_key())
-        if not session.chosen_in_tiles() or whole_view is not None:
+        if not session.chosen_in_tiles():
+            return True
+        if session.embedding_for(session.embedding_key()) is not None:
             return True
         sam.encoder.start(sam.view_options(), frames=[None])
         if wait:

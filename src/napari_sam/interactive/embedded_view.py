@@ -235,7 +235,11 @@ class EmbeddedView:
     def has_embedding(self) -> bool:
         """Whether the current view's pixels have the embeddings the next decoding needs
         (see `embedding_frames`): nothing to compute."""
-        key = self.embedding_key()
+        return self.has_embeddings_for(self.embedding_key())
+
+    def has_embeddings_for(self, key: tuple | None) -> bool:
+        """Whether the view whose key is `key` has every frame's embedding the next
+        decoding needs (False for None: lazy pixels not read yet)."""
         return key is not None and all(
             self.embedding_for(frame_key(key, frame)) is not None
             for frame in self.embedding_frames()

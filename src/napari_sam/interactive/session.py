@@ -189,8 +189,8 @@ class AnnotationSession(TiledDecoding, PropagatingSession, EmbeddedView):
             self._reset_prediction()
             return []
         self._require_model()
-        key, frames = self.embedding_key(), self.embedding_frames()
-        if key is None or any(self.embedding_for(frame_key(key, f)) is None for f in frames):
+        key = self.embedding_key()
+        if not self.has_embeddings_for(key):
             result = self.embedding_job()()
             self.store_embedding(result)
             key = result.key

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..tiled import choose_tile, prompt_corners, tile_grid, tile_holds
 from .candidates import Candidate, PromptSet, prompts_grew, rank_candidates
-from .embedded_view import frame_key
 
 __all__ = ["TILE_ABOVE", "TiledDecoding"]
 
@@ -104,10 +103,13 @@ class TiledDecoding:
         return choose_tile(self.view_tiles(), corners, shape), None
 
     # -- propagation works on whole views ----------------------------------------------
+    def _chosen(self) -> list[Candidate]:
+        """The selected candidate, or every box's object (one object per box)."""
+        return [self.selected] if self.selected is not None else self.candidates
+
     def chosen_in_tiles(self) -> bool:
         """Whether the selected candidate (or a box's object) was decoded in a tile."""
-        chosen = [self.selected] if self.selected is not None else self.candidates
-        return any(c.tile is not None for c in chosen)
+        return any(c.tile is not None for c in self._chosen())
 
     def whole_view_versions(self) -> list[Candidate]:
         """The selected candidate (or every box's object) as propagation needs it: one
@@ -116,7 +118,7 @@ class TiledDecoding:
         decodes every other slice on its whole view, and a seed at another resolution
         ends it at once (its area rule). Embeds the whole view first when it has no
         embedding (in this thread; a GUI runs `embedding_job([None])` in a worker first)."""
-        chosen = [self.selected] if self.selected is not None else self.candidates
+        chosen = self._chosen()
         self.seed_agreement = None
         if not any(c.tile is not None for c in chosen):
             return chosen
@@ -127,10 +129,13 @@ class TiledDecoding:
 
     def _decode_on_whole_view(self) -> list[Candidate]:
         """`whole_view_versions`' decoding, embedding the whole view when needed."""
-        if self.embedding_for(frame_key(self.embedding_key(), None)) is None:
-            self.store_embedding(self.embedding_job([None])())
+        embedding = self.embedding_for(self.embedding_key())
+        if embedding is None:
+            result = self.embedding_job([None])()
+            self.store_embedding(result)
+            embedding = result.embedding
         predictor = self._predictor
-        predictor.image_embedding = self.embedding_for(self.embedding_key())
+        predictor.image_embedding = embedding
         if self.selected is None:  # one object per box
             masks, scores = predictor.predict_boxes(self._boxes)
             pairs = enumerate(zip(masks, scores, strict=True))
