@@ -117,12 +117,13 @@ def test_the_first_click_finds_the_decoder_prepared(tiny_model, image):
     decoder without anything kept gives."""
     predictor = SamPredictor(tiny_model)
     predictor.set_image(image)
-    prepared = tiny_model._image_side
+    prepared = tiny_model._kept_image_side(predictor.image_embedding.features)
     assert prepared[0] is predictor.image_embedding.features
     kept = dict(prepared[2]._projections)
     assert len(kept) >= 6  # the first layer's three and later layers' projections
     first = predictor.predict(points=[[70, 90]])
-    assert tiny_model._image_side is prepared and prepared[2]._projections == kept
+    kept_now = tiny_model._kept_image_side(predictor.image_embedding.features)
+    assert kept_now is prepared and prepared[2]._projections == kept
     xy, labels = predictor._points_to_model(np.array([[70, 90]]), None, predictor.image_embedding)
     with torch.enable_grad():  # autograd on: nothing kept is used
         fresh, iou = tiny_model.decode(

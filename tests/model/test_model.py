@@ -19,6 +19,7 @@ from napari_sam.model.image_encoder import (
     relative_position_table,
     split_windows,
 )
+from napari_sam.model.sam import IMAGE_SIDES_KEPT
 from tests.reference import TINY, build_reference
 
 
@@ -351,6 +352,30 @@ def test_embeddings_are_channels_last_and_decode_the_same_either_way(tiny_model)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+
+def test_clicks_alternating_between_embeddings_reuse_each_ones_image_side(tiny_model):
+    """Clicks that alternate between tiles find each tile's image side again (the
+    IMAGE_SIDES_KEPT most recently used are kept), with the masks of a fresh decode;
+    one more embedding than that evicts the least recently used."""
+    tiles = [torch.randn(1, TINY.prompt_embed_dim, 16, 16) for _ in range(IMAGE_SIDES_KEPT + 1)]
+    points = (torch.tensor([[[40.0, 90.0]]]), torch.tensor([[1]]))
+    with torch.inference_mode():
+        for tile in tiles[:2]:
+            tiny_model.decode(tile, points)
+        first, second = (tiny_model._kept_image_side(t) for t in tiles[:2])
+        again = tiny_model.decode(tiles[0], points)
+        tiny_model.decode(tiles[1], points)
+        assert tiny_model._kept_image_side(tiles[0]) is first
+        assert tiny_model._kept_image_side(tiles[1]) is second
+        for tile in tiles[2:]:  # tiles[0] is now the least recently used
+            tiny_model.decode(tile, points)
+    assert tiny_model._kept_image_side(tiles[0]) is None
+    assert all(tiny_model._kept_image_side(t) is not None for t in tiles[1:])
+    with torch.enable_grad():
+        fresh = [t.detach() for t in tiny_model.decode(tiles[0], points)]
+    for a, b in zip(again, fresh, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
 @pytest.mark.parametrize("prompts", [1, 3])
 def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(tiny_model, prompts):
     """Without autograd the decoder updates its own image-side temporaries in place;
@@ -383,7 +408,7 @@ def test_clicks_on_one_image_reuse_its_image_side_until_something_changes(tiny_m
             return tiny_model.decode(features, points)
 
     first, again = click(), click()
-    assert tiny_model._image_side[0] is features
+    assert tiny_model._kept_image_side(features)[0] is features
     for a, b, c in zip(first, again, fresh(), strict=True):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)

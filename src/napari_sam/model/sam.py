@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,13 @@ from .instance_decoder import InstanceDecoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
+
+# Image sides kept (see Sam._unmasked_image_side), at most this many and this many
+# bytes: a side with its projections measured 8.5x its embedding (4.5 MB for
+# tiny_cells, 36 MB for Meta's models), so tiny_cells keeps 4 and Meta's models 2:
+# enough for clicks alternating between neighbouring tiles.
+IMAGE_SIDES_KEPT = 4
+IMAGE_SIDES_BYTES = 80e6
 
 
 class Sam(nn.Module):
@@ -40,7 +48,8 @@ class Sam(nn.Module):
         # Not part of the checkpoints: persistent=False keeps the state_dict official.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self._image_side: tuple | None = None  # see _unmasked_image_side
+        # The last few embeddings' image sides, newest last (see _unmasked_image_side).
+        self._image_sides: OrderedDict[int, tuple] = OrderedDict()
         # Optional dense head for automatic instance segmentation (see
         # `attach_instance_decoder`); None keeps the state_dict exactly Meta's.
         self.instance_decoder: InstanceDecoder | None = None
@@ -153,10 +162,12 @@ class Sam(nn.Module):
         """The decoder's image side before its first layer, for prompts without a mask
         input: embedding + no-mask embedding and the dense PE, as (1, h*w, C) tokens,
         with the projections of them that clicks ask for (`ImageSide`). All are the same
-        for every click on one image, so they are kept for the last embedding seen
-        (held, so that its memory cannot be reused by another) until it, the decoder's
-        weights or the grad mode change. None when autograd is recording or a mask
-        input makes the image side prompt-specific."""
+        for every click on one image, so they are kept for the last few embeddings
+        seen (`IMAGE_SIDES_KEPT`, `IMAGE_SIDES_BYTES`: clicks that alternate between
+        the tiles of a view find theirs again), each held so that its memory cannot be
+        reused by another, until it, the decoder's weights or the grad mode change.
+        None when autograd is recording or a mask input makes the image side
+        prompt-specific."""
         if mask_input is not None or image_embeddings.shape[0] != 1 or torch.is_grad_enabled():
             return None
         weights = [self.prompt_encoder.no_mask_embed.weight, *self.mask_decoder.parameters()]
@@ -168,14 +179,26 @@ class Sam(nn.Module):
             dense_pe.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
-        cached = self._image_side
-        if cached is None or cached[0] is not image_embeddings or cached[1] != versions:
+        cached = self._kept_image_side(image_embeddings)
+        if cached is None or cached[1] != versions:
             src = image_embeddings.to(dense.dtype) + dense
             side = ImageSide(
                 src.flatten(2).transpose(1, 2), dense_pe.to(src.dtype).flatten(2).transpose(1, 2)
             )
-            self._image_side = cached = (image_embeddings, versions, side)
+            cached = (image_embeddings, versions, side)
+            self._image_sides[id(image_embeddings)] = cached
+        self._image_sides.move_to_end(id(image_embeddings))
+        side_bytes = 9 * image_embeddings.nelement() * image_embeddings.element_size()
+        kept = min(IMAGE_SIDES_KEPT, max(1, int(IMAGE_SIDES_BYTES // side_bytes)))
+        while len(self._image_sides) > kept:
+            self._image_sides.popitem(last=False)
         return cached[2]
+
+    def _kept_image_side(self, image_embeddings: torch.Tensor) -> tuple | None:
+        """(embedding, versions, ImageSide) kept for this very tensor, or None. Keyed by
+        id(): a kept tensor is held, so its id cannot be given to another meanwhile."""
+        cached = self._image_sides.get(id(image_embeddings))
+        return cached if cached is not None and cached[0] is image_embeddings else None
 
     def postprocess_masks(
         self,
