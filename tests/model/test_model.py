@@ -376,6 +376,23 @@ def test_clicks_alternating_between_embeddings_reuse_each_ones_image_side(tiny_m
     for a, b in zip(again, fresh, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
+
+def test_large_image_sides_are_kept_fewer_within_the_memory_bound(tiny_model, monkeypatch):
+    """An image side costs about 9x its embedding: the number kept shrinks to fit
+    IMAGE_SIDES_BYTES (Meta's 64 x 64 x 256 embeddings: 2), but the last is always kept."""
+    import napari_sam.model.sam as sam_module
+
+    tiles = [torch.randn(1, TINY.prompt_embed_dim, 16, 16) for _ in range(3)]
+    side_bytes = 9 * tiles[0].nelement() * tiles[0].element_size()
+    points = (torch.tensor([[[40.0, 90.0]]]), torch.tensor([[1]]))
+    for budget, kept in ((2.5 * side_bytes, 2), (0.1 * side_bytes, 1)):
+        monkeypatch.setattr(sam_module, "IMAGE_SIDES_BYTES", budget)
+        with torch.inference_mode():
+            for tile in tiles:
+                tiny_model.decode(tile, points)
+        held = [tiny_model._kept_image_side(t) is not None for t in tiles]
+        assert held == [False] * (3 - kept) + [True] * kept
+
 @pytest.mark.parametrize("prompts", [1, 3])
 def test_decoding_without_gradients_matches_training_and_keeps_the_embedding(tiny_model, prompts):
     """Without autograd the decoder updates its own image-side temporaries in place;
