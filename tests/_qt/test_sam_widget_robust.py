@@ -277,9 +277,13 @@ def test_lazy_image_planes_are_read_in_the_worker_and_remembered(viewer, qtbot):
     planes._data[1] = coins()[::-1]  # changed on disk, and napari told (refresh)
     viewer.layers["lazy"].refresh()
     widget.points_layer.add([[1, 40, 40]])
-    qtbot.waitUntil(lambda: len(widget.cache) == 2 and not widget.busy, timeout=60_000)
+    # The decode after the embedding is scheduled (QTimer), so wait for it too: testing
+    # `candidates` right when the worker ends failed once in a batch run.
+    qtbot.waitUntil(
+        lambda: len(widget.cache) == 2 and not widget.busy and bool(widget.candidates),
+        timeout=60_000,
+    )  # decoded on the changed plane's own embedding
     assert len(planes.reads) >= 2 and not any(planes.reads)  # never in the GUI thread
-    assert widget.candidates  # decoded on the changed plane's own embedding
 
 
 def test_prompts_stay_with_their_image_when_another_of_other_ndim_becomes_active(viewer):
