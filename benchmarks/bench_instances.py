@@ -66,7 +66,7 @@ def speed(model, image: np.ndarray, repeats: int) -> None:
     embedding = embed_image(model, image)
     results = interleaved(
         {
-            "ais": lambda: predict_instance_maps(model, embedding=embedding).labels(),
+            "ais": lambda: predict_instance_maps(model, image, embedding=embedding).labels(),
             "amg": lambda: grid_labels(model, image, embedding, points_per_side=32),
             "amg, filters off": lambda: grid_labels(
                 model, image, embedding, points_per_side=32, pred_iou_thresh=0.0,
@@ -90,7 +90,7 @@ def speed(model, image: np.ndarray, repeats: int) -> None:
 def quality(model, count: int) -> None:
     rng = np.random.default_rng(HELD_OUT_SEED)
     methods = {
-        "ais": lambda image, e: predict_instance_maps(model, embedding=e).labels(),
+        "ais": lambda image, e: predict_instance_maps(model, image, embedding=e).labels(),
         "amg (microscopy defaults)": lambda image, e: grid_labels(model, image, e),
         "amg (filters off)": lambda image, e: grid_labels(
             model, image, e, pred_iou_thresh=0.0, stability_score_thresh=0.0),

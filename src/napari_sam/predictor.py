@@ -336,6 +336,25 @@ def embed_image(
     return ImageEmbedding(features, rgb.shape[:2], resized.shape[:2])
 
 
+def head_image(model: Sam, image: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
+    """The image as an instance decoder with an image path reads it (see
+    `model.instance_decoder`): (1, 3, F, F) float32 on the model's device, F = 16 x the
+    embedding grid (the head's output side: 512 for tiny_cells, 1024 for Meta's
+    models). `image` is the 2D image given to `embed_image` (any dtype, gray or RGB),
+    `input_size` its size at the encoder's input (`ImageEmbedding.input_size`): the
+    image fills the top-left (input_size x F / img_size) of the frame, as it fills
+    the encoder's input, resized with antialiasing, normalised with the encoder's
+    pixel mean and std, zero elsewhere."""
+    side = 16 * model.prompt_encoder.image_embedding_size[0]
+    height, width = (extent * side // model.img_size for extent in input_size)
+    pixels = torch.from_numpy(to_uint8_rgb(image)).permute(2, 0, 1)[None].float()
+    pixels = torch.nn.functional.interpolate(
+        pixels, (height, width), mode="bilinear", align_corners=False, antialias=True
+    ).to(model.device)
+    normed = (pixels - model.pixel_mean.float()) / model.pixel_std.float()
+    return torch.nn.functional.pad(normed, (0, side - width, 0, side - height))
+
+
 def _finite_array(values, name: str) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)

@@ -24,7 +24,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential, watershed
 
 from ..model.instance_decoder import OUTPUTS
-from ..predictor import ImageEmbedding, embed_image
+from ..predictor import ImageEmbedding, embed_image, head_image
 
 __all__ = [
     "AIS_DEFAULTS",
@@ -136,9 +136,12 @@ def predict_instance_maps(
     """Run `model`'s instance head on a 2D image ((H, W) or (H, W, 3|4), any dtype) or on
     its `embedding` (this model's, e.g. from a cache: the encoder is skipped).
 
-    The (16h, 16w) output is resized to the model's input size, cropped to the resized
-    image and resized to (H, W), bilinearly, as micro-sam does. Raises ValueError when
-    the model has no head, or when neither or a mismatched image/embedding is given.
+    A head with an image path (the bundled model's) reads the image too, so it needs
+    `image` also when the embedding is given. The (16h, 16w) output is resized to the
+    model's input size, cropped to the resized image and resized to (H, W),
+    bilinearly, as micro-sam does. Raises ValueError when the model has no head, or
+    when neither or a mismatched image/embedding is given, or the image is missing
+    for a head that reads it.
     """
     if not has_instance_head(model):
         raise ValueError(
@@ -156,9 +159,17 @@ def predict_instance_maps(
             f"not {tuple(np.shape(image)[:2])}: pass the embedding of this image or none."
         )
     decoder = model.instance_decoder
+    pixels = None
+    if decoder.image_channels:
+        if image is None:
+            raise ValueError(
+                "This model's instance head reads the image as well as its embedding: "
+                "pass the image too."
+            )
+        pixels = head_image(model, image, embedding.input_size)
     features = embedding.features.to(next(decoder.parameters()).device, torch.float32)
     with torch.inference_mode():
-        maps = decoder(features.contiguous())
+        maps = decoder(features.contiguous(), pixels)
         size = model.img_size
         maps = F.interpolate(maps, (size, size), mode="bilinear", align_corners=False)
         in_h, in_w = embedding.input_size

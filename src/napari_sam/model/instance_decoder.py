@@ -10,6 +10,12 @@ From a (B, C, h, w) embedding it predicts, at 16 x its resolution, three maps in
 foreground probability, distance to the object's centre and (inverted) distance to its
 boundary, each distance normalised per object (0 at the centre / innermost point, 1 at
 the rim and in the background). `automatic.instances` turns them into labels.
+
+Optionally (`image_channels > 0`) the finest level reads the image itself instead of a
+fourth upsampling of the embedding: the input block of torch-em's UNETR with skip
+connections (`deconv4`, two convolutions on the image at the output resolution). An
+embedding made of coarse tokens (tiny_cells': 8 px of a 256 px input) does not carry
+object boundaries; the pixels do.
 """
 
 from __future__ import annotations
@@ -117,31 +123,51 @@ class InstanceDecoder(nn.Module):
     tiny_cells). initial_features: channels of the finest level (micro-sam: 64); the
     levels have initial * 2**k, k = 3..0. transposed: upsample with transposed
     convolutions instead of bilinear + 1x1 (micro-sam's checkpoints use either).
+    image_channels: 0 (micro-sam's), or the channels of the image the finest level
+    also reads (3: RGB normalised as the encoder's input, at (16h, 16w); see the module
+    docstring and `automatic.instances.head_input_frame`).
     """
 
     def __init__(
-        self, embed_dim: int = 256, initial_features: int = 64, transposed: bool = False
+        self,
+        embed_dim: int = 256,
+        initial_features: int = 64,
+        transposed: bool = False,
+        image_channels: int = 0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.initial_features = initial_features
         self.transposed = transposed
+        self.image_channels = image_channels
         features = [initial_features * 2**level for level in range(_DEPTH, -1, -1)]
         self.deconv1 = _UpBlock(embed_dim, features[0], transposed)
         self.deconv2 = _UpBlock(features[0], features[1], transposed)
         self.deconv3 = _UpBlock(features[1], features[2], transposed)
-        self.deconv4 = _UpBlock(features[2], features[3], transposed)
+        if image_channels:
+            self.deconv4 = _DoubleConv(image_channels, features[3])
+        else:
+            self.deconv4 = _UpBlock(features[2], features[3], transposed)
         self.base = _DoubleConv(embed_dim, features[0])
         self.decoder = _Levels(features, transposed)
         self.deconv_out = _Upsample2x(features[3], features[3], transposed)
         self.decoder_head = _DoubleConv(2 * features[3], features[3])
         self.out_conv = nn.Conv2d(features[3], len(OUTPUTS), 1)
 
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, embedding: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """embedding (B, embed_dim, h, w); image (B, image_channels, 16h, 16w) for a
+        decoder with an image path, else None. Raises ValueError when one is missing or
+        given for nothing."""
+        if (image is None) != (self.image_channels == 0):
+            raise ValueError(
+                "This instance decoder reads the image too: pass it (B, "
+                f"{self.image_channels}, 16h, 16w)." if self.image_channels else
+                "This instance decoder reads the embedding alone: pass no image."
+            )  # fmt: skip
         z9 = self.deconv1(embedding)  # 2x
         z6 = self.deconv2(z9)  # 4x
         z3 = self.deconv3(z6)  # 8x
-        z0 = self.deconv4(z3)  # 16x
+        z0 = self.deconv4(z3 if image is None else image)  # 16x
         x = self.decoder(self.base(embedding), [z9, z6, z3])  # 8x
         x = torch.cat([self.deconv_out(x), z0], dim=1)  # 16x
         return torch.sigmoid(self.out_conv(self.decoder_head(x)))
@@ -163,7 +189,10 @@ def instance_decoder_from_state(
             "'base.block.1.weight' / 'out_conv.weight'."
         ) from None
     transposed = any(k.startswith("deconv1.block.0.block.") for k in state)
-    decoder = InstanceDecoder(embed_dim, initial, transposed)
+    # An image path's deconv4 is two convolutions (block.1, block.4) on the image.
+    image_path = "deconv4.block.4.weight" in state and "deconv4.block.1.weight" in state
+    image_channels = int(state["deconv4.block.1.weight"].shape[1]) if image_path else 0
+    decoder = InstanceDecoder(embed_dim, initial, transposed, image_channels)
     expected = decoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
