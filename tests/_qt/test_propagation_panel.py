@@ -214,6 +214,9 @@ def test_a_propagation_is_not_squashed_into_another_image_s_2d_labels(make_napar
     volume, _ = ellipsoid_stack(radii=(15, 20, 16))
     viewer.add_image(volume, name="stack")
     widget.image_combo.setCurrentIndex(widget.image_combo.findText("stack"))
+    assert widget.output_layer is None  # each image has its own output...
+    # ...unless the user picks another image's labels by hand.
+    widget.output_combo.setCurrentIndex(widget.output_combo.findText("flat labels"))
     click(viewer, widget, 20, (64, 64))
     assert widget.propagate(wait=True)
     assert widget.output_layer is flat_labels and widget.commit() == []

@@ -302,6 +302,35 @@ def test_prompts_stay_with_their_image_when_another_of_other_ndim_becomes_active
     widget.wait_for(lambda: bool(widget.candidates), timeout=60)
 
 
+def test_each_image_keeps_its_own_output_layer(viewer):
+    """From a break test: the labels layer made for image A stayed the output after
+    switching to image B, so B's objects went into A's labels (or were refused when
+    outside them). Each image now has its own: B's first commit makes "B labels", and
+    A's layer is its output again when A is chosen again."""
+    a = viewer.add_image(coins(), name="A")
+    widget = open_widget(viewer, disc_model())
+    add_point(widget, (150, 190))
+    widget.wait_for(lambda: bool(widget.candidates), timeout=60)
+    assert widget.commit()
+    a_labels = widget.output_layer
+    assert a_labels.name == "A labels"
+    b = viewer.add_image(coins()[:200, :300], name="B")  # now the active image
+    assert widget.image_layer == b and widget.output_layer is None
+    add_point(widget, (100, 150))
+    widget.wait_for(lambda: bool(widget.candidates), timeout=60)
+    assert widget.commit()
+    b_labels = widget.output_layer
+    assert b_labels.name == "B labels" and b_labels.data.shape == (200, 300)
+    assert np.unique(a_labels.data).tolist() == [0, 1]  # A's labels untouched
+    viewer.layers.selection.active = a
+    assert widget.output_layer == a_labels
+    viewer.layers.selection.active = b
+    assert widget.output_layer == b_labels
+    viewer.layers.remove(b_labels)  # gone: B's next commit makes a new one
+    viewer.layers.selection.active = a
+    viewer.layers.selection.active = b
+    assert widget.output_layer is None
+
 def test_empty_prompt_layers_take_the_frame_of_the_image_selected(viewer):
     """From a new user's break test: after selecting an unscaled image, the points layer
     kept the first image's scale and translation, so points added in data coordinates

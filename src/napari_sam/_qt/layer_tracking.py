@@ -49,6 +49,10 @@ class LayerTracking:
         self.preview.forget(layer)
         if same_layer(layer, self._output_layer):
             self._output_layer = None
+        self._outputs_by_image = [
+            pair for pair in self._outputs_by_image
+            if not (same_layer(layer, pair[0]) or same_layer(layer, pair[1]))
+        ]  # fmt: skip
         self._refresh_layer_choices()
 
     def _on_active_layer(self, event=None) -> None:
@@ -80,7 +84,11 @@ class LayerTracking:
 
     @image_layer.setter
     def image_layer(self, layer) -> None:
+        # Each image keeps its own output: commits on another image never land in the
+        # labels of the one before (made for other pixels, maybe another shape).
+        self._remember_output()
         self._image_layer = layer
+        self._output_layer = self._output_for(layer)
         show_channels_row(self, layer)
         self.session.forget_pixels()
         self._reset_prediction()
@@ -91,6 +99,22 @@ class LayerTracking:
                 self.connect_event(emitter, self._on_image_data)
         self._ensure_prompt_layers()
         self.schedule_update()
+
+    def _remember_output(self) -> None:
+        """Note the output layer of the current image, for when it is chosen again."""
+        image, output = self._image_layer, self._output_layer
+        pairs = [pair for pair in self._outputs_by_image if not same_layer(pair[0], image)]
+        if image is not None and output is not None:
+            pairs.append((image, output))
+        self._outputs_by_image = pairs
+
+    def _output_for(self, image):
+        """The output layer last used with `image` while it is still in the viewer, else
+        None (the next commit makes "<image> labels")."""
+        for known, output in self._outputs_by_image:
+            if same_layer(known, image) and output in self.viewer.layers:
+                return output
+        return None
 
     def _on_image_data(self, event=None) -> None:
         self.session.forget_pixels()

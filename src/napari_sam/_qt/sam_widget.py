@@ -66,6 +66,7 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         self.last_decode_seconds = 0.0
         self._image_layer = None
         self._output_layer = None
+        self._outputs_by_image: list[tuple] = []  # (image layer, its output layer)
         self._prediction_view: ViewSpec | None = None
         self._prediction_point: tuple[float, ...] = ()  # viewer.dims.point of that view
         self._prompt_indices = (np.zeros(0, np.intp), np.zeros(0, np.intp))  # in the layers
