@@ -372,7 +372,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, default in (("center-distance-threshold", 0.5),
                           ("boundary-distance-threshold", 0.5), ("foreground-threshold", 0.5)):
         segment.add_argument(f"--{name}", type=float, default=None,
-                             help=f"ais: see napari_sam.automatic.AIS_HELP (default {default})")
+                             help=f"ais: see napari_sam.automatic.AIS_HELP (default: the "
+                             f"model's own, see ais_defaults; else {default})")
     segment.add_argument("--min-size", type=int, default=None,
                          help="ais: remove objects of fewer pixels (default 10)")
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")

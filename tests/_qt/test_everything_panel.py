@@ -292,6 +292,18 @@ def test_the_grid_form_takes_each_models_thresholds(make_napari_viewer):
         assert getattr(form, name).value == pytest.approx(value)
     widget.set_model(disc_model())
     assert form.pred_iou_thresh.value == pytest.approx(MICROSCOPY_DEFAULTS["pred_iou_thresh"])
+    # The AIS form too: a head's own thresholds, then micro-sam's for a model without.
+    from napari_sam.automatic import AIS_DEFAULTS
+    from tests.stand_ins import head_model
+
+    with_head = head_model()
+    with_head.ais_defaults = {"foreground_threshold": 0.7}
+    widget.set_model(with_head)
+    assert widget.everything.ais_settings.foreground_threshold.value == pytest.approx(0.7)
+    widget.set_model(disc_model())
+    assert widget.everything.ais_settings.foreground_threshold.value == pytest.approx(
+        AIS_DEFAULTS["foreground_threshold"]
+    )
 
 
 def test_a_view_thinner_than_the_grid_gets_a_thinner_grid_and_says_so(make_napari_viewer):

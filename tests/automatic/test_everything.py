@@ -202,3 +202,29 @@ def test_an_rgb_stack_is_segmented_plane_by_plane():
     labels = segment_everything_slices(model, stack)
     assert labels.shape == (2, 96, 96)
     assert np.array_equal(labels[0], segment_everything(model, np.stack([plane] * 3, -1)))
+
+
+def test_a_model_s_own_ais_thresholds_are_its_defaults():
+    """A head's zoo entry may carry its thresholds (`model.ais_defaults`, as
+    `grid_defaults` for the grid): they are what AIS uses unless told otherwise, by
+    `segment_everything`, the maps' `labels()` and `EverythingSegmenter`."""
+    from napari_sam.automatic import (
+        AIS_DEFAULTS,
+        EverythingSegmenter,
+        ais_defaults,
+        predict_instance_maps,
+    )
+
+    model, image = head_model(), coins()
+    plain = segment_everything(model, image)  # AIS_DEFAULTS: 29 objects (stand_ins)
+    strict = segment_everything(model, image, foreground_threshold=0.7)
+    assert plain.max() > strict.max() > 0
+    model.ais_defaults = {"foreground_threshold": 0.7}
+    assert ais_defaults(model) == {**AIS_DEFAULTS, "foreground_threshold": 0.7}
+    np.testing.assert_array_equal(segment_everything(model, image), strict)
+    np.testing.assert_array_equal(predict_instance_maps(model, image).labels(), strict)
+    segmenter = EverythingSegmenter(model)
+    segmenter.decode(image)
+    assert segmenter.defaults["foreground_threshold"] == 0.7
+    np.testing.assert_array_equal(segmenter.labels(), strict)
+    np.testing.assert_array_equal(segmenter.labels(foreground_threshold=0.5), plain)

@@ -139,15 +139,16 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
             form.changed.connect(lambda _: self.relabel())
 
     def use_model_defaults(self, model) -> None:
-        """A new model: its grid thresholds (`grid_defaults`) in the form, its method for
-        "auto"; the last decoded view belonged to the old model."""
-        from ..automatic import grid_defaults
+        """A new model: its thresholds (`grid_defaults`, `ais_defaults`) in the forms, its
+        method for "auto"; the last decoded view belonged to the old model."""
+        from ..automatic import ais_defaults, grid_defaults
 
         self.decoded = None
-        values = grid_defaults(model)
-        for widget in self.settings:
-            if widget.name in values:
-                widget.value = values[widget.name]
+        for form, values in ((self.settings, grid_defaults(model)),
+                             (self.ais_settings, ais_defaults(model))):  # fmt: skip
+            for widget in form:
+                if widget.name in values:
+                    widget.value = values[widget.name]
         self.show_forms()
 
     def effective_method(self) -> str:

@@ -25,6 +25,7 @@ from .instances import (
     AIS_DEFAULTS,
     AIS_HELP,
     InstanceMaps,
+    ais_defaults,
     has_instance_head,
     predict_instance_maps,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NoObjectsWarning",
     "ScoreReport",
     "SliceLabels",
+    "ais_defaults",
     "check_params",
     "choose_method",
     "crop_boxes",

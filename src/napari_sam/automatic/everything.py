@@ -28,7 +28,13 @@ import numpy as np
 
 from .generator import MICROSCOPY_DEFAULTS, AutomaticMaskGenerator
 from .grid_pool import DECODE_PARAMS, FILTER_PARAMS, GridCandidates
-from .instances import AIS_DEFAULTS, InstanceMaps, has_instance_head, predict_instance_maps
+from .instances import (
+    AIS_DEFAULTS,
+    InstanceMaps,
+    ais_defaults,
+    has_instance_head,
+    predict_instance_maps,
+)
 from .records import painted_labels
 from .report import ScoreReport
 
@@ -140,7 +146,8 @@ def segment_everything(
     model: a `Sam`. image: (H, W) gray or (H, W, 3|4) RGB(A), any dtype (for stacks,
     `segment_everything_slices`). method: "amg", "ais" or None (see module docstring).
     embedding: this model's `ImageEmbedding` of the image, to skip the encoder.
-    params: the method's parameters: for "ais" those of `AIS_DEFAULTS` (see `AIS_HELP`),
+    params: the method's parameters: for "ais" those of `ais_defaults(model)` (see
+    `AIS_HELP`),
     for "amg" those of `AutomaticMaskGenerator` on top of `grid_defaults(model)` (see
     `grid_params`: the default grid is thinned for an image thinner than it).
     progress/cancelled: as `AutomaticMaskGenerator.generate` ("amg" only).
@@ -213,7 +220,7 @@ class EverythingSegmenter:
                 raise ValueError(f"method 'ais' has no decoding parameters; got {decode_params}.")
             if is_blank(image):  # nothing to find: maps of pure background
                 zero = np.zeros(image.shape[:2], np.float32)
-                self.decoded = InstanceMaps(zero, zero + 1, zero + 1)
+                self.decoded = InstanceMaps(zero, zero + 1, zero + 1, ais_defaults(self.model))
             else:
                 self.decoded = predict_instance_maps(self.model, image, embedding=embedding)
         elif is_blank(image):  # no candidates, and the report says so
@@ -228,7 +235,7 @@ class EverythingSegmenter:
 
     def labels(self, **params) -> np.ndarray:
         """(H, W) int32 labels of the decoded image with these parameters: "ais" those of
-        `AIS_DEFAULTS`, "amg" the grid's filters (defaults `grid_defaults(model)`'). Warns
+        `ais_defaults(model)`, "amg" the grid's filters (defaults `grid_defaults(model)`'). Warns
         `NoObjectsWarning` as `segment_everything`. Raises RuntimeError before `decode`,
         ValueError for bad parameters."""
         if self.decoded is None:
@@ -252,7 +259,7 @@ class EverythingSegmenter:
     def defaults(self) -> dict:
         """The method's parameters and their defaults."""
         if self.method == "ais":
-            return dict(AIS_DEFAULTS)
+            return ais_defaults(self.model)
         return grid_defaults(self.model)
 
     @property

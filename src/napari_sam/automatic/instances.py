@@ -30,6 +30,7 @@ __all__ = [
     "AIS_DEFAULTS",
     "AIS_HELP",
     "InstanceMaps",
+    "ais_defaults",
     "has_instance_head",
     "predict_instance_maps",
 ]
@@ -58,6 +59,12 @@ AIS_HELP = {
 }
 
 
+def ais_defaults(model) -> dict:
+    """The AIS parameters for `model`: `AIS_DEFAULTS` (micro-sam's), updated by the
+    thresholds its zoo entry carries for its head (`model.ais_defaults`)."""
+    return {**AIS_DEFAULTS, **getattr(model, "ais_defaults", {})}
+
+
 def has_instance_head(model) -> bool:
     """Whether `model` (a `Sam`) carries an instance segmentation decoder."""
     return getattr(model, "instance_decoder", None) is not None
@@ -73,11 +80,13 @@ def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
 class InstanceMaps:
     """The head's maps for one 2D image, each (H, W) float32 in [0, 1] at the image's
     size: foreground probability, normalised distance to the object's centre and to its
-    boundary (inverted: 0 innermost, 1 at the rim). Smoothed maps are kept per sigma."""
+    boundary (inverted: 0 innermost, 1 at the rim). Smoothed maps are kept per sigma.
+    `defaults`: the parameters `labels()` uses unless told (the model's `ais_defaults`)."""
 
     foreground: np.ndarray
     center_distances: np.ndarray
     boundary_distances: np.ndarray
+    defaults: dict = field(default_factory=lambda: dict(AIS_DEFAULTS))
     _smoothed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -92,9 +101,9 @@ class InstanceMaps:
 
     def labels(self, **params) -> np.ndarray:
         """(H, W) int32 instance labels (0: background, ids 1..N in row-major order of
-        first appearance) from the maps; `params` override `AIS_DEFAULTS` (see
+        first appearance) from the maps; `params` override `defaults` (see
         `AIS_HELP`). Raises ValueError for an unknown or out-of-range parameter."""
-        p = _check_params(params)
+        p = _check_params({**self.defaults, **params})
         foreground = self._smoothed_map("foreground", p["foreground_smoothing"])
         centers = self._smoothed_map("center_distances", p["distance_smoothing"])
         boundaries = self._smoothed_map("boundary_distances", p["distance_smoothing"])
@@ -178,4 +187,5 @@ def predict_instance_maps(
             mode="bilinear", align_corners=False,
         )  # fmt: skip
     maps = maps[0].float().cpu().numpy()
-    return InstanceMaps(**{name: maps[i] for i, name in enumerate(OUTPUTS)})
+    named = {name: maps[i] for i, name in enumerate(OUTPUTS)}
+    return InstanceMaps(**named, defaults=ais_defaults(model))

@@ -55,6 +55,8 @@ class Sam(nn.Module):
         self.instance_decoder: InstanceDecoder | None = None
         # The grid method's thresholds for these weights, from their zoo entry.
         self.grid_defaults: dict[str, float] = {}
+        # The instance head's thresholds for these weights, from their zoo entry.
+        self.ais_defaults: dict[str, float] = {}
 
     def attach_instance_decoder(self, decoder: InstanceDecoder | None) -> None:
         """Give the model an instance segmentation head (or remove it with None). It

@@ -123,6 +123,7 @@ def load_model(
     model = build_model(config, state, str(path), decoder_state)
     if isinstance(name_or_path, str) and name_or_path in entries:
         model.grid_defaults = dict(entries[name_or_path].grid_defaults)
+        model.ais_defaults = dict(entries[name_or_path].ais_defaults)
     model.float()
     model.image_encoder.to(dtype)
     return model.to(target).eval()

@@ -30,7 +30,8 @@ class ModelEntry:
     A `bundled` model ships inside the package (`napari_sam/models/<filename>`): it has
     no URL and is never downloaded, so it works offline. `grid_defaults` are the grid
     method's thresholds for this model where the microscopy defaults do not suit its
-    predicted IoUs (see `napari_sam.automatic.grid_defaults`).
+    predicted IoUs (see `napari_sam.automatic.grid_defaults`); `ais_defaults` the
+    same for its instance head's thresholds (see `napari_sam.automatic.ais_defaults`).
     """
 
     name: str
@@ -43,6 +44,7 @@ class ModelEntry:
     filename: str = ""
     bundled: bool = False
     grid_defaults: Mapping[str, float] = field(default_factory=dict)
+    ais_defaults: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.bundled and not self.filename:
