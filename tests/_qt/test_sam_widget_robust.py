@@ -331,6 +331,35 @@ def test_each_image_keeps_its_own_output_layer(viewer):
     viewer.layers.selection.active = b
     assert widget.output_layer is None
 
+
+def test_segment_everything_ending_after_a_switch_gives_its_result_to_its_own_image(viewer):
+    """From a break test: switching to image B while Segment everything ran on A made
+    "A everything" B's output, so B's commits went into A's result."""
+    a = viewer.add_image(coins(), name="A")
+    widget = open_widget(viewer, disc_model())
+    widget.segment_everything(wait=False)  # its end is delivered by the event loop...
+    b = viewer.add_image(coins()[:200, :300], name="B")  # ...so this switch comes first
+    assert widget.image_layer == b
+    widget.wait_for(lambda: not widget.everything.busy, timeout=120)
+    result = viewer.layers["A everything"]
+    assert widget.output_layer is None  # B's first commit will make "B labels"
+    viewer.layers.selection.active = a
+    assert widget.output_layer == result
+
+
+def test_the_layer_choices_show_a_renamed_layer_s_new_name(viewer):
+    """From a break test: after renaming, the combos kept the old names until the next
+    switch, though K writes into the renamed layer."""
+    viewer.add_image(coins(), name="coins")
+    widget = open_widget(viewer, disc_model())
+    add_point(widget, (150, 190))
+    widget.wait_for(lambda: bool(widget.candidates), timeout=60)
+    assert widget.commit()
+    viewer.layers["coins"].name = "renamed"
+    widget.output_layer.name = "my labels"
+    assert widget.image_combo.currentText() == "renamed"
+    assert widget.output_combo.currentText() == "my labels"
+
 def test_empty_prompt_layers_take_the_frame_of_the_image_selected(viewer):
     """From a new user's break test: after selecting an unscaled image, the points layer
     kept the first image's scale and translation, so points added in data coordinates

@@ -341,7 +341,7 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
 
         self.job = sam.start_job(
             work, "SAM: segment everything", len(views), yielded=write,
-            returned=lambda _: self._finish(result, generator, views),
+            returned=lambda _: self._finish(result, generator, views, layer),
             errored=lambda e: self._fail(result, e),
             finished=finished,
         )  # fmt: skip
@@ -364,13 +364,14 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         self._discard(layer)
         self.sam.user_error(error)
 
-    def _finish(self, layer, generator, views) -> None:
+    def _finish(self, layer, generator, views, image_layer) -> None:
         from ..automatic import EverythingSegmenter, GridCandidates
 
         count = int(np.max(layer.data, initial=0))
         self.result_layer = layer
-        # Clicks committed afterwards land in this layer, with ids above the automatic ones.
-        self.sam.output_layer = layer
+        # Clicks committed afterwards on this image land in this layer, with ids above the
+        # automatic ones (the user may have moved to another image meanwhile).
+        self.sam.set_output_for(image_layer, layer)
         if isinstance(generator, EverythingSegmenter) and len(views) == 1:
             view = views[0]
             plane = _plane_index(view, layer.data.shape, layer.data.ndim)

@@ -16,7 +16,7 @@ __all__ = ["LayerTracking"]
 class LayerTracking:
     """Layer choices of the widget, kept in step with the viewer's layer list."""
 
-    def _refresh_layer_choices(self) -> None:
+    def _refresh_layer_choices(self, event=None) -> None:
         if self.closed:
             return
         Image, Labels, Points, Shapes = layer_types()
@@ -107,6 +107,16 @@ class LayerTracking:
         if image is not None and output is not None:
             pairs.append((image, output))
         self._outputs_by_image = pairs
+
+    def set_output_for(self, image, output) -> None:
+        """Make `output` (a Labels layer) the output of `image`: now, when `image` is
+        the current image, else when it is chosen again (a job that ends after the user
+        moved to another image must not hand that image its result)."""
+        if same_layer(image, self._image_layer):
+            self.output_layer = output
+            return
+        others = [pair for pair in self._outputs_by_image if not same_layer(pair[0], image)]
+        self._outputs_by_image = [*others, (image, output)]
 
     def _output_for(self, image):
         """The output layer last used with `image` while it is still in the viewer, else

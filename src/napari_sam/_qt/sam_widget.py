@@ -78,6 +78,8 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
         show_channels_row(self, None)
         self.connect_event(self.viewer.layers.events.inserted, self._on_layer_inserted)
         self.connect_event(self.viewer.layers.events.removed, self._on_layer_removed)
+        # The combos name layers: a renamed one must show its new name at once.
+        self.connect_event(self.viewer.layers.events.renamed, self._refresh_layer_choices)
         self.connect_event(self.viewer.layers.selection.events.active, self._on_active_layer)
         for event in ("current_step", "order", "ndisplay"):
             self.connect_event(getattr(self.viewer.dims.events, event), self.schedule_update)
