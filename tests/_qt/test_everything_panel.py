@@ -257,11 +257,20 @@ def test_a_new_threshold_relabels_at_once_but_never_a_layer_the_user_edited(
     assert np.array_equal(layer.data, segment_everything(
         model, coins(), "ais", foreground_threshold=0.7, min_size=50))
     # The user paints into the result: a later change leaves it as it is.
+    written = layer.data[0:5, 0:5].copy()
     layer.data[0:5, 0:5] = 99
     edited = layer.data.copy()
     panel.ais_settings.foreground_threshold.value = 0.5
     assert np.array_equal(layer.data, edited)
     assert "edited" in widget.status_label.text()
+    # Undone (from a break test: re-labelling stayed refused after an undo, though the
+    # layer was as written again), a change re-labels at once once more.
+    layer.data[0:5, 0:5] = written
+    decoder_calls.clear()
+    panel.ais_settings.foreground_threshold.value = 0.6
+    assert not decoder_calls
+    assert np.array_equal(layer.data, segment_everything(
+        model, coins(), "ais", foreground_threshold=0.6, min_size=50))
 
 
 def test_every_slice_with_the_instance_head(make_napari_viewer):

@@ -228,9 +228,9 @@ class SegmentEverythingPanel(OneJobAtATime, QWidget):
         ):
             return False  # another method or grid: that needs a run
         if not np.array_equal(layer.data[plane_index], written.ravel()):
-            self.sam.set_status("The result layer was edited: it is kept as it is. Press "
-                                "Segment everything for a new one.")  # fmt: skip
-            self.decoded = None
+            # Kept, not forgotten: after an undo the layer is as written again.
+            self.sam.set_status("The result layer was edited: it is kept as it is. Undo the "
+                                "edits, or press Segment everything for a new one.")  # fmt: skip
             return False
         import warnings
 
