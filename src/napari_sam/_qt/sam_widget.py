@@ -316,7 +316,8 @@ class SamWidget(LayerTracking, CandidatePicker, DockWidget):
     # -- commit / clear ---------------------------------------------------------------------
     @property
     def output_layer(self):
-        """The Labels layer commits go to (None until the first commit creates one)."""
+        """The Labels layer commits on the current image go to (None until its first
+        commit creates "<image> labels"; each image keeps its own)."""
         if self._output_layer is not None and self._output_layer not in self.viewer.layers:
             self._output_layer = None
         return self._output_layer

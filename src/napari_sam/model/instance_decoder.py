@@ -125,7 +125,7 @@ class InstanceDecoder(nn.Module):
     convolutions instead of bilinear + 1x1 (micro-sam's checkpoints use either).
     image_channels: 0 (micro-sam's), or the channels of the image the finest level
     also reads (3: RGB normalised as the encoder's input, at (16h, 16w); see the module
-    docstring and `automatic.instances.head_input_frame`).
+    docstring and `predictor.head_image`).
     """
 
     def __init__(
